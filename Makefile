@@ -1,0 +1,43 @@
+# Every target goes through one virtual environment, .venv, built from the repo's own files.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test bench lint chromium clean
+
+install: $(STAMP)
+
+# Rebuilt only when the package definition or the pinned versions change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,s3]"
+	touch $(STAMP)
+
+# Headless browser for the report test; CI runs as root on Debian.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the report test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+demo: install
+	$(VENV)/bin/raeflow demo --out demo-out
+
+test: install chromium
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/decode.py
+	$(PY) bench/train_throughput.py
+	$(PY) bench/embed_throughput.py
+
+lint: install
+	$(VENV)/bin/ruff check raeflow tests bench jobs
+	$(VENV)/bin/ruff format --check raeflow tests bench jobs
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) demo-out bench-out .pytest_cache .mypy_cache .ruff_cache

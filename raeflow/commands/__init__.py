@@ -1,0 +1,1 @@
+"""CLI commands, one module per area; `raeflow.cli` assembles them."""

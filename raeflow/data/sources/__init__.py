@@ -1,0 +1,1 @@
+"""raeflow.data.sources."""
