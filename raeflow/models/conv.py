@@ -1,0 +1,76 @@
+"""`conv`: conv + max-pool encoder, nearest-neighbour upsample + conv decoder (the Keras blog MNIST AE).
+
+The decoder upsamples with nearest-neighbour interpolation and then convolves, instead of using
+transposed convolutions, which avoids checkerboard artefacts. Pooling rounds up ("same" padding),
+and each upsampling step returns exactly to the size the encoder saw at that depth, so any fixed
+image size works: 28 -> 14 -> 7 -> 4 and back 4 -> 7 -> 14 -> 28.
+
+    model = create_model("conv_mnist")      # 28x28x1 -> 4x4x8 code
+    model = create_model("conv_denoise")    # the denoising variant, 32-32-16 channels
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from raeflow.errors import ConfigError
+from raeflow.models.base import Autoencoder
+from raeflow.models.registry import register_family, register_preset
+
+
+@register_family("conv", "conv + max-pool encoder, nearest-upsample + conv decoder (no checkerboard)")
+class ConvAutoencoder(Autoencoder):
+    """Per level: 3x3 conv + ReLU + 2x2 max-pool; decoder mirrors with conv + ReLU + upsample."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        height: int = 28,
+        width: int = 28,
+        channels: Sequence[int] = (16, 8, 8),
+        recon_loss: str = "mse",
+    ) -> None:
+        super().__init__(in_channels=in_channels, height=height, width=width, recon_loss=recon_loss)
+        if not channels or not isinstance(height, int) or not isinstance(width, int):
+            raise ConfigError("conv needs a fixed height and width and at least one channel count")
+        # Spatial size at each depth; pooling rounds up: [(28, 28), (14, 14), (7, 7), (4, 4)].
+        sizes = [(height, width)]
+        for _ in channels:
+            h, w = sizes[-1]
+            sizes.append(((h + 1) // 2, (w + 1) // 2))
+
+        encoder: list[nn.Module] = []
+        c_in = in_channels
+        for c in channels:
+            encoder += [nn.Conv2d(c_in, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
+            c_in = c
+        self.encoder = nn.Sequential(*encoder)
+
+        decoder: list[nn.Module] = []
+        for c, size in zip(reversed(channels), reversed(sizes[:-1]), strict=True):
+            decoder += [nn.Conv2d(c_in, c, 3, padding=1), nn.ReLU(), nn.Upsample(size=size, mode="nearest")]
+            c_in = c
+        decoder += [nn.Conv2d(c_in, in_channels, 3, padding=1), nn.Sigmoid()]
+        self.decoder = nn.Sequential(*decoder)
+        self.latent_shape = (channels[-1], *sizes[-1])
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)  # (B, C, H, W) -> (B, channels[-1], ceil(H / 2^L), ceil(W / 2^L))
+
+    def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decoder(z)  # (B, channels[-1], h, w) -> (B, C, H, W)
+
+
+@register_preset("conv")
+def conv_mnist() -> dict:
+    """28x28 grey digits to a 4x4x8 code, 16-8-8 channels (Keras blog convolutional AE)."""
+    return {"in_channels": 1, "height": 28, "width": 28, "channels": [16, 8, 8]}
+
+
+@register_preset("conv")
+def conv_denoise() -> dict:
+    """Denoising variant: 28x28 grey, 32-32-16 channels, 4x4x16 code (train with --denoise)."""
+    return {"in_channels": 1, "height": 28, "width": 28, "channels": [32, 32, 16]}
