@@ -1,0 +1,139 @@
+"""Settings of the batch jobs (`raeflow embed`, `raeflow denoise`), one dataclass per job.
+
+The CLI, the Ray job entrypoints in `jobs/` and the demo build these and hand them to
+`run_embed` / `run_denoise`; field docstrings double as the CLI help.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from raeflow.errors import ConfigError
+
+
+@dataclass
+class RunOptions:
+    """How a batch job runs on Ray: batch size, actor count, GPUs, failure threshold."""
+
+    batch_size: int = 256
+    """Images per predictor call (one `map_batches` batch)."""
+    workers: int | None = None
+    """Predictor actors; default: one per GPU with --gpu, else one."""
+    gpu: bool = False
+    """Give each predictor actor one GPU."""
+    decode_batch_size: int | None = None
+    """Images per decode task batch; default: the predictor batch size."""
+    address: str | None = None
+    """Ray cluster to connect to; default: $RAY_ADDRESS, else a local Ray."""
+    max_rejected: float | None = None
+    """Fail (non-zero exit) when more than this fraction of the images was rejected."""
+    quiet: bool = False
+    """Print no progress lines (the summary is still returned)."""
+
+    def validate(self) -> None:
+        """Raise `ConfigError` for values that cannot work."""
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if self.decode_batch_size is not None and self.decode_batch_size < 1:
+            raise ConfigError(f"decode batch size must be at least 1, got {self.decode_batch_size}")
+        if self.max_rejected is not None and not 0.0 <= self.max_rejected <= 1.0:
+            raise ConfigError(f"--max-rejected is a fraction between 0 and 1, got {self.max_rejected}")
+
+
+@dataclass
+class EmbedConfig:
+    """`raeflow embed`: one embedding row per image of a source, Parquet, one part per input shard."""
+
+    data: str
+    """URI of the image source (folder, Parquet, WebDataset, dataset layout, builtin:NAME)."""
+    model: str
+    """Model bundle folder (local or in a bucket)."""
+    out: str
+    """Output folder URI for `part-NNNNN.parquet`, `_manifest/`, `_rejected/`, `_SUCCESS`."""
+    source_format: str | None = None
+    """Force the source kind (folder, parquet, webdataset, ...) instead of detecting it."""
+    image_column: str | None = None
+    """Image-bytes column of a Parquet source (default: image, jpg or png)."""
+    image_size: tuple[int, int] | None = None
+    """Resize images to H x W before encoding; required for fully convolutional models."""
+    run: RunOptions = field(default_factory=RunOptions)
+    """How the job runs on Ray."""
+
+    def output_settings(self) -> dict[str, Any]:
+        """The settings that shape the output; a rerun into the same --out must match them."""
+        return {
+            "data": self.data,
+            "source_format": self.source_format,
+            "image_column": self.image_column,
+            "image_size": list(self.image_size) if self.image_size else None,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """All settings, JSON-serialisable (written to the manifest)."""
+        return asdict(self)
+
+
+OUTPUT_FORMATS = ("same", "png", "jpeg")
+"""Values of `denoise --format`: keep each image's own format, or write all as PNG / JPEG."""
+
+
+@dataclass
+class DenoiseConfig:
+    """`raeflow denoise`: the same images, denoised, in the same layout, names and sizes."""
+
+    data: str
+    """URI of the image source (folder, Parquet or WebDataset)."""
+    model: str
+    """Model bundle folder (local or in a bucket)."""
+    out: str
+    """Output folder URI; mirrors the input layout, plus `_manifest/`, `_rejected/`, `_SUCCESS`."""
+    format: str = "same"
+    """Output image format: same (each image keeps its own), png or jpeg."""
+    resize: bool = False
+    """Let a fixed-size model run on other sizes: resize to its input size and back."""
+    tile: int | None = None
+    """Tile side in pixels for fully convolutional models; default: tile only above --max-pixels-per-pass."""
+    tile_overlap: int = 32
+    """Pixels shared by neighbouring tiles, blended linearly so no seam shows."""
+    max_pixels_per_pass: int = 1024 * 1024
+    """Images with more pixels than this are tiled (when --tile is not given)."""
+    jpeg_quality: int = 95
+    """Quality of JPEG outputs."""
+    source_format: str | None = None
+    """Force the source kind (folder, parquet, webdataset) instead of detecting it."""
+    image_column: str | None = None
+    """Image-bytes column of a Parquet source (default: image, jpg or png)."""
+    run: RunOptions = field(default_factory=lambda: RunOptions(batch_size=8))
+    """How the job runs on Ray (small batches: images can be large)."""
+
+    def validate(self) -> None:
+        """Raise `ConfigError` for values that cannot work."""
+        self.run.validate()
+        if self.format not in OUTPUT_FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {self.format!r}")
+        if self.tile is not None and self.tile <= 2 * self.tile_overlap:
+            raise ConfigError(
+                f"--tile {self.tile} must be larger than twice the tile overlap ({self.tile_overlap})"
+            )
+        if self.tile_overlap < 0:
+            raise ConfigError(f"tile overlap must be >= 0, got {self.tile_overlap}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"--jpeg-quality must be within 1..100, got {self.jpeg_quality}")
+
+    def output_settings(self) -> dict[str, Any]:
+        """The settings that shape the output; a rerun into the same --out must match them."""
+        return {
+            "data": self.data,
+            "source_format": self.source_format,
+            "image_column": self.image_column,
+            "format": self.format,
+            "resize": self.resize,
+            "jpeg_quality": self.jpeg_quality,
+        }
+
+    def as_dict(self) -> dict[str, Any]:
+        """All settings, JSON-serialisable (written to the manifest)."""
+        return asdict(self)

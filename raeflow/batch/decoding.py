@@ -1,0 +1,122 @@
+"""The decode step of a batch job: encoded image bytes -> raw pixels, run as Ray Data CPU tasks.
+
+Input rows are a source's rows plus the `shard` column (`read_dataset`); output rows have the
+columns of `DECODED_SCHEMA`. An image that cannot be used keeps its row, with empty pixels and a
+`reason`, so it flows on to the driver, which lists it in `_rejected/` - nothing is dropped.
+
+Pixels travel as raw `uint8` bytes in `(H, W, C)` order with their shape beside them: plain Arrow
+that any image size fits into, and no Ray tensor extension type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from raeflow.data import images
+from raeflow.data.image_header import sniff_format
+
+DECODED_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("source", pa.string()),
+        ("label", pa.int64()),
+        ("shard", pa.int64()),
+        ("reason", pa.string()),
+        ("pixels", pa.large_binary()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("channels", pa.int32()),
+        ("format", pa.string()),
+    ]
+)
+"""Rows after decoding: `reason` is null for a usable image, else why it was rejected
+(then `pixels` is empty). `format` is the encoded format sniffed from the input bytes
+(png, jpeg, webp, bmp, tiff, gif; raw for raw-pixel sources)."""
+
+PASS_THROUGH = ("key", "source", "label", "shard")
+"""Columns every later step keeps as they are, so the driver can file each row under its shard."""
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How the decode tasks turn bytes into pixels for one job's model."""
+
+    channels: int | None = None
+    """Convert to 1 (grey) or 3 (RGB) channels; None keeps each image's own."""
+    height: int | None = None
+    """Fit every image to this height (with `width`); None keeps each image's size."""
+    width: int | None = None
+    """Fit every image to this width (with `height`)."""
+    fit: str = "resize"
+    """How to fit to height x width: resize or center_crop."""
+    max_pixels: int | None = None
+    """Reject images with more pixels than this (decompression bombs); None: the decoder's default."""
+
+
+def decode_rows(batch: pa.Table, spec: DecodeSpec) -> pa.Table:
+    """Decode a batch of source rows (with `shard`) into `DECODED_SCHEMA` rows, one per input row."""
+    datas = batch.column("image").to_pylist()
+    errors = batch.column("error").to_pylist() if "error" in batch.column_names else [None] * len(datas)
+    reasons: list[str | None] = []
+    pixels: list[bytes] = []
+    shapes: list[tuple[int, int, int]] = []
+    formats: list[str | None] = []
+    for data, error in zip(datas, errors, strict=True):
+        formats.append(sniff_format(data) if data else None)
+        if error:
+            reasons.append(error if ":" in error else f"read_error: {error}")
+            pixels.append(b"")
+            shapes.append((0, 0, 0))
+            continue
+        try:
+            array = decode_one(data, spec)
+        except images.ImageRejected as rejected:
+            reasons.append(str(rejected))
+            pixels.append(b"")
+            shapes.append((0, 0, 0))
+            continue
+        reasons.append(None)
+        pixels.append(array.tobytes())
+        shapes.append(array.shape)  # (H, W, C)
+    height, width, channels = (np.asarray([s[i] for s in shapes], dtype=np.int32) for i in range(3))
+    columns = {name: batch.column(name) for name in PASS_THROUGH if name in batch.column_names}
+    if "label" not in columns:
+        columns["label"] = pa.nulls(batch.num_rows, pa.int64())
+    columns.update(
+        reason=pa.array(reasons, pa.string()),
+        pixels=pa.array(pixels, pa.large_binary()),
+        height=pa.array(height),
+        width=pa.array(width),
+        channels=pa.array(channels),
+        format=pa.array(formats, pa.string()),
+    )
+    return pa.table(
+        [columns[name].cast(DECODED_SCHEMA.field(name).type) for name in DECODED_SCHEMA.names],
+        schema=DECODED_SCHEMA,
+    )
+
+
+def decode_one(data: bytes, spec: DecodeSpec) -> np.ndarray:
+    """One image as `uint8` `(H, W, C)`, converted and fitted as `spec` says; raises `ImageRejected`."""
+    kwargs = {} if spec.max_pixels is None else {"max_pixels": spec.max_pixels}
+    array = images.decode_image(data, channels=spec.channels, **kwargs)  # (H, W, C)
+    if spec.height is not None and spec.width is not None:
+        if array.shape[:2] != (spec.height, spec.width):
+            array = images.fit_to_contract(array, spec.height, spec.width, mode=spec.fit)
+    return np.ascontiguousarray(array, dtype=np.uint8)
+
+
+def pixels_of(table: pa.Table) -> list[np.ndarray | None]:
+    """The images of decoded rows as `uint8` `(H, W, C)` arrays (None for rejected rows)."""
+    datas = table.column("pixels").to_pylist()
+    heights = table.column("height").to_pylist()
+    widths = table.column("width").to_pylist()
+    channels = table.column("channels").to_pylist()
+    reasons = table.column("reason").to_pylist()
+    out: list[np.ndarray | None] = []
+    for data, h, w, c, reason in zip(datas, heights, widths, channels, reasons, strict=True):
+        out.append(None if reason is not None else np.frombuffer(data, dtype=np.uint8).reshape(h, w, c))
+    return out

@@ -1,0 +1,116 @@
+"""The output folder of a batch job: atomic writes, keys that cannot escape it, leftover cleanup.
+
+Every file a job writes goes through `OutputDir.put`, which makes it appear whole or not at all:
+on a local disk it is written to a temporary name next to the target and renamed; on an object
+store it is one PUT (or one multipart upload, which also appears only when complete). A rerun
+calls `remove_leftovers` to delete temporary files an interrupted run left behind.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+TEMP_MARK = ".raeflow-tmp-"
+"""Part of every temporary file name; anything carrying it is a leftover of an interrupted write."""
+
+
+class UnsafeKey(ValueError):
+    """A relative output path that would land outside the output folder (`../`, absolute)."""
+
+
+def safe_relpath(relpath: str) -> str:
+    """Normalise a relative output path, or raise `UnsafeKey` if it would escape the folder."""
+    if not relpath or "\\" in relpath or "\x00" in relpath:
+        raise UnsafeKey(f"unsafe_key: {relpath!r} is empty or has a backslash or NUL")
+    if relpath.startswith("/") or (len(relpath) > 1 and relpath[1] == ":"):
+        raise UnsafeKey(f"unsafe_key: {relpath!r} is an absolute path")
+    parts = relpath.split("/")
+    if any(part in ("..", ".", "") for part in parts):
+        raise UnsafeKey(f"unsafe_key: {relpath!r} has '..', '.' or empty path parts")
+    if TEMP_MARK in relpath:
+        raise UnsafeKey(f"unsafe_key: {relpath!r} contains the reserved marker {TEMP_MARK!r}")
+    return relpath
+
+
+class OutputDir:
+    """A folder (local path or fsspec URI) that a batch job writes into, and nowhere else."""
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.uri = uri.rstrip("/")
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
+        self.root = self.root.rstrip("/")
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    def path(self, relpath: str) -> str:
+        """The filesystem path of `relpath` inside the folder (checked with `safe_relpath`)."""
+        return posixpath.join(self.root, safe_relpath(relpath))
+
+    def url(self, relpath: str = "") -> str:
+        """The URI a user would type for `relpath` inside the folder."""
+        return f"{self.uri}/{relpath}" if relpath else self.uri
+
+    def put(self, relpath: str, data: bytes) -> str:
+        """Write `data` to `relpath` so that it appears whole or not at all; returns its URI."""
+        with self.open_atomic(relpath) as handle:
+            handle.write(data)
+        return self.url(relpath)
+
+    @contextmanager
+    def open_atomic(self, relpath: str) -> Iterator[IO[bytes]]:
+        """A binary file handle whose content becomes visible at `relpath` only when the block ends."""
+        target = self.path(relpath)
+        parent = posixpath.dirname(target)
+        if self.is_local:
+            self.fs.makedirs(parent, exist_ok=True)
+            temp = posixpath.join(parent, f"{TEMP_MARK}{uuid.uuid4().hex}-{posixpath.basename(target)}")
+            try:
+                with self.fs.open(temp, "wb") as handle:
+                    yield handle
+                self.fs.mv(temp, target)  # os.replace: atomic on one filesystem
+            except BaseException:
+                if self.fs.exists(temp):
+                    self.fs.rm(temp)
+                raise
+        else:
+            # Object stores: the object appears only when the (single or multipart) upload completes.
+            with self.fs.open(target, "wb") as handle:
+                yield handle
+
+    def exists(self, relpath: str) -> bool:
+        """Whether `relpath` exists."""
+        return bool(self.fs.exists(self.path(relpath)))
+
+    def read(self, relpath: str) -> bytes:
+        """The bytes of `relpath`."""
+        return bytes(self.fs.cat_file(self.path(relpath)))
+
+    def list(self, reldir: str) -> list[str]:
+        """Names of the files directly inside `reldir` (empty if it does not exist)."""
+        folder = self.path(reldir)
+        try:
+            entries = self.fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.basename(entry.rstrip("/")) for entry in entries)
+
+    def remove(self, relpath: str) -> None:
+        """Delete `relpath` if it exists."""
+        target = self.path(relpath)
+        if self.fs.exists(target):
+            self.fs.rm(target)
+
+    def remove_leftovers(self) -> int:
+        """Delete temporary files of interrupted writes anywhere under the folder; returns how many."""
+        if not self.is_local or not self.fs.exists(self.root):
+            return 0  # object stores never show a partial upload
+        leftovers = [p for p in self.fs.find(self.root) if TEMP_MARK in posixpath.basename(p)]
+        for path in leftovers:
+            self.fs.rm(path)
+        return len(leftovers)

@@ -1,0 +1,231 @@
+"""The map step of the batch jobs: plain callables that load a bundle once and process one batch.
+
+Each predictor takes a `pyarrow.Table` of decoded rows (`raeflow.batch.decoding.DECODED_SCHEMA`)
+and returns one row per input row: the pass-through columns (`key`, `source`, `label`, `shard`),
+`reason` (null, or why the row was rejected) and its own payload columns. They import no Ray:
+Ray Data runs them in an actor pool (`map_batches(Predictor, batch_format="pyarrow")`), tests and
+notebooks call them directly:
+
+    predict = EncodePredictor("runs/mnist/model")
+    table = predict(decode_rows(source_rows, spec))   # key, source, label, shard, reason, embedding
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from raeflow.batch.decoding import PASS_THROUGH, pixels_of
+from raeflow.batch.tiling import padded_apply, tiled_apply
+from raeflow.data import images
+from raeflow.models import load_bundle
+
+SIZE_MULTIPLE = 32
+"""Fully convolutional models run on images padded to a multiple of this (at least their stride)."""
+
+
+def pick_device(device: str | None) -> torch.device:
+    """`device` as given, else CUDA when this process sees a GPU, else CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
+    """Stack equal-shaped `uint8` `(H, W, C)` images into a float batch `(B, C, H, W)` in [0, 1]."""
+    batch = torch.from_numpy(np.stack(arrays))  # (B, H, W, C) uint8
+    return batch.permute(0, 3, 1, 2).float().div_(255.0)  # (B, C, H, W)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """A float image `(C, H, W)` in [0, 1] as `uint8` `(H, W, C)`."""
+    return x.clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def _result(batch: pa.Table, reasons: list[str | None], payload: dict[str, pa.Array]) -> pa.Table:
+    columns = {name: batch.column(name) for name in PASS_THROUGH}
+    columns["reason"] = pa.array(reasons, pa.string())
+    columns.update(payload)
+    return pa.table(columns)
+
+
+class _Predictor:
+    """Loads the bundle once; subclasses implement `__call__`."""
+
+    def __init__(self, bundle: str, *, device: str | None = None) -> None:
+        self.device = pick_device(device)
+        self.bundle = load_bundle(bundle)
+        self.model = self.bundle.model.to(self.device).eval()
+        contract = self.model.input_contract
+        self.channels: int = contract["channels"]
+        self.height = contract["height"]
+        self.width = contract["width"]
+        self.any_size = self.height == "any" or self.width == "any"
+
+
+class EncodePredictor(_Predictor):
+    """Images -> their embeddings (`embed`: the code flattened; a VAE's posterior mean).
+
+    The decode step gives the images the model's channels and, for fixed-size models (or with
+    `image_size`), its size; a fully convolutional model embeds each image at its own size.
+    Output payload: `embedding`, `fixed_size_list<float32>[D]` (zeros on rejected rows).
+    """
+
+    def __init__(self, bundle: str, *, image_size: tuple[int, int] | None = None, device: str | None = None):
+        super().__init__(bundle, device=device)
+        self.dim = embedding_dim(self.model, self.channels, *(image_size or (self.height, self.width)))
+
+    @torch.inference_mode()
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        arrays = pixels_of(batch)
+        vectors = np.zeros((batch.num_rows, self.dim), dtype=np.float32)  # (N, D)
+        for rows in _same_shape_groups(arrays):
+            x = to_tensor([arrays[i] for i in rows]).to(self.device)  # (B, C, H, W)
+            vectors[rows] = self.model.embed(x).float().cpu().numpy()  # (B, D)
+        flat = pa.array(vectors.reshape(-1), pa.float32())
+        reasons = batch.column("reason").to_pylist()
+        return _result(batch, reasons, {"embedding": pa.FixedSizeListArray.from_arrays(flat, self.dim)})
+
+
+def _same_shape_groups(arrays: list[np.ndarray | None]) -> list[list[int]]:
+    """Indices of the usable images, grouped by shape so each group stacks into one batch."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, array in enumerate(arrays):
+        if array is not None:
+            groups.setdefault(array.shape, []).append(i)
+    return list(groups.values())
+
+
+def embedding_dim(model: torch.nn.Module, channels: int, height: object, width: object) -> int:
+    """Length of one image's embedding (probed at `height` x `width` when the model cannot say)."""
+    try:
+        return int(model.embedding_dim)
+    except (TypeError, ValueError):
+        pass
+    if not isinstance(height, int) or not isinstance(width, int):
+        raise ValueError("this model's embedding length depends on the image size: give one")
+    with torch.inference_mode():
+        probe = torch.zeros((1, channels, height, width), device=next(model.parameters()).device)
+        return int(model.embed(probe).shape[1])
+
+
+class DenoisePredictor(_Predictor):
+    """Images -> denoised images, each at its own size, mode and (by default) format.
+
+    Channel rule: a grey image through an RGB model is copied to three channels and averaged
+    back; an RGB image through a grey model is denoised one channel at a time. Size: fully
+    convolutional models take any size (tiled above `max_pixels_per_pass`, or at `tile`); a
+    fixed-size model rejects other sizes unless `resize` (then resize to its size and back).
+    Output payload: `data` (encoded image bytes) and `out_format` (png, jpeg, ...).
+    """
+
+    def __init__(
+        self,
+        bundle: str,
+        *,
+        out_format: str = "same",
+        resize: bool = False,
+        tile: int | None = None,
+        tile_overlap: int = 32,
+        max_pixels_per_pass: int = 1024 * 1024,
+        jpeg_quality: int = 95,
+        device: str | None = None,
+    ) -> None:
+        super().__init__(bundle, device=device)
+        self.out_format = out_format
+        self.resize = resize
+        self.tile = tile
+        self.tile_overlap = tile_overlap
+        self.max_pixels_per_pass = max_pixels_per_pass
+        self.jpeg_quality = jpeg_quality
+
+    @torch.inference_mode()
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        arrays = pixels_of(batch)
+        reasons = batch.column("reason").to_pylist()
+        formats = batch.column("format").to_pylist()
+        datas: list[bytes] = []
+        out_formats: list[str | None] = []
+        for i, array in enumerate(arrays):
+            data, fmt = b"", None
+            if array is not None:
+                try:
+                    fmt = output_format(self.out_format, formats[i])
+                    denoised = self.denoise(array)  # (H, W, C) uint8
+                    data = images.encode_image(denoised, fmt, quality=self.jpeg_quality)
+                except images.ImageRejected as rejected:
+                    reasons[i], fmt = str(rejected), None
+            datas.append(data)
+            out_formats.append(fmt)
+        payload = {
+            "data": pa.array(datas, pa.large_binary()),
+            "out_format": pa.array(out_formats, pa.string()),
+        }
+        return _result(batch, reasons, payload)
+
+    def denoise(self, array: np.ndarray) -> np.ndarray:
+        """One image `uint8` `(H, W, C)` -> denoised, same shape; raises `ImageRejected` for a size misfit."""
+        height, width, channels = array.shape
+        x = to_tensor([array]).to(self.device)  # (1, C, H, W)
+        if channels == self.channels:
+            y = self._run(x)
+        elif channels == 1:  # grey image, RGB model: copy to RGB, average back
+            y = self._run(x.expand(-1, 3, -1, -1)).mean(dim=1, keepdim=True)
+        else:  # RGB image, grey model: each channel is a grey image
+            y = self._run(x.permute(1, 0, 2, 3)).permute(1, 0, 2, 3)  # (C, 1, H, W) -> (1, C, H, W)
+        return to_uint8(y[0])
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        """The model on `(B, C_model, H, W)` at any size -> `(B, C_model, H, W)`."""
+        height, width = x.shape[-2:]
+        if self.any_size:
+            too_big = height * width > self.max_pixels_per_pass
+            if self.tile is None and not too_big:
+                return padded_apply(self._recon, x, SIZE_MULTIPLE)
+            side = self.tile or _default_tile(self.max_pixels_per_pass)
+            tiles = {"tile": side, "overlap": self.tile_overlap, "multiple": SIZE_MULTIPLE}
+            return torch.cat([tiled_apply(self._recon, one[None], **tiles) for one in x])
+        if (height, width) == (self.height, self.width):
+            return self._recon(x)
+        if not self.resize:
+            raise images.ImageRejected(
+                f"size_mismatch: the model takes {self.height}x{self.width} images, this one is "
+                f"{height}x{width}; pass --resize to resize it and back"
+            )
+        small = F.interpolate(x, size=(self.height, self.width), mode="bilinear", antialias=True)
+        return F.interpolate(self._recon(small), size=(height, width), mode="bilinear")
+
+    def _recon(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)["recon"].float()  # (B, C, H, W)
+
+
+def _default_tile(max_pixels: int) -> int:
+    return max(64, int(max_pixels**0.5) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+
+
+def output_format(wanted: str, found: str | None) -> str:
+    """The format to write: `wanted` (png/jpeg), or for "same" the input's own (PNG if it has none)."""
+    if wanted != "same":
+        return wanted
+    return found if found in ("png", "jpeg", "webp", "bmp", "tiff") else "png"
+
+
+class ReconstructPredictor(_Predictor):
+    """Images (fitted to the model by the decode step) -> reconstructions, for reports.
+
+    Output payload: `recon` (raw `uint8` `(H, W, C)` bytes, the shape of the input pixels).
+    """
+
+    @torch.inference_mode()
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        arrays = pixels_of(batch)
+        reasons = batch.column("reason").to_pylist()
+        recons: list[bytes] = [b""] * batch.num_rows
+        for rows in _same_shape_groups(arrays):
+            x = to_tensor([arrays[i] for i in rows]).to(self.device)  # (B, C, H, W)
+            out = self.model(x)["recon"].float()  # (B, C, H, W)
+            for i, y in zip(rows, out, strict=True):
+                recons[i] = to_uint8(y).tobytes()
+        return _result(batch, reasons, {"recon": pa.array(recons, pa.large_binary())})
