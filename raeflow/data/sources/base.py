@@ -61,6 +61,12 @@ class Source:
         self.uri = uri
         self.storage_options = dict(storage_options or {})
 
+    @classmethod
+    def sniff(cls, fs: Any, path: str) -> bool:
+        """Whether what is at `path` (an existing file or folder of fsspec filesystem `fs`, no
+        protocol) looks like this kind. Cheap (a listing, a header at most); used by `detect_kind`."""
+        return False
+
     def list_shards(self) -> list[Shard]:
         """The source's shards, deterministic in content and order."""
         raise NotImplementedError

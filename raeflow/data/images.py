@@ -1,0 +1,253 @@
+"""One image in, one image out: decoding, channel handling, raw pixels, resizing, encoding.
+
+Every decoder returns a NumPy `uint8` array `(H, W, C)`, C in {1, 3}. Anything unusable raises
+`ImageRejected` and nothing else, so a batch job can count a bad image and carry on.
+
+Choices made here (also in docs/data.md):
+- JPEG, PNG and WebP decode through torchvision (libjpeg-turbo, libpng, libwebp); BMP, TIFF, GIF
+  and anything else Pillow knows decode through Pillow (first frame only).
+- Transparency is composited over white, the way a viewer shows the image; alpha is never
+  returned as a channel.
+- 16-bit images (PNG, TIFF) are scaled to 8 bits (`round(v * 255 / 65535)`); 32-bit integer and
+  float images are rejected as `unsupported_mode`.
+- Colour to grey uses the ITU-R 601-2 luma weights (as Pillow's "L" conversion); CMYK is
+  converted to RGB.
+- The size is read from the header before decoding; more than `max_pixels` is `too_many_pixels`
+  and a side shorter than `min_side` is `too_small`.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import warnings
+
+import numpy as np
+
+from raeflow.data.image_header import RAW_HEADER, RAW_MAGIC, HeaderError, ImageHeader, read_header
+
+DEFAULT_MAX_PIXELS = 64_000_000
+"""Largest image decoded (height x width), checked from the header: 64 megapixels."""
+DEFAULT_MIN_SIDE = 2
+"""Shortest accepted side in pixels: a 1-pixel-wide image is no image to learn from."""
+REASONS = (
+    "empty",
+    "truncated",
+    "not_an_image",
+    "too_many_pixels",
+    "too_small",
+    "unsupported_mode",
+    "read_error",
+)
+"""The stable slugs of `ImageRejected.reason`."""
+ENCODE_FORMATS = ("png", "jpeg", "webp")
+"""Formats `encode_image` writes."""
+
+
+class ImageRejected(Exception):
+    """An image that cannot be used; `reason` is one of `REASONS`, `detail` says more."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def probe_image(data: bytes) -> ImageHeader:
+    """Format, size and channels of an encoded image, without decoding it."""
+    if not data:
+        raise ImageRejected("empty", "no bytes")
+    try:
+        return read_header(data)
+    except HeaderError as exc:
+        raise ImageRejected(exc.reason, exc.detail) from None
+
+
+def decode_image(
+    data: bytes,
+    channels: int | None = None,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+) -> np.ndarray:
+    """Decode encoded bytes (or the raw-pixel form) to `uint8 (H, W, C)`; C = `channels` if given,
+    else 1 for grey images and 3 for everything else."""
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be None, 1 or 3, not {channels!r}")
+    header = probe_image(data)
+    if header.height * header.width > max_pixels:
+        raise ImageRejected(
+            "too_many_pixels", f"{header.width}x{header.height} is more than {max_pixels:,} pixels"
+        )
+    if min(header.height, header.width) < min_side:
+        raise ImageRejected("too_small", f"{header.width}x{header.height} has a side under {min_side} pixels")
+    if header.bit_depth > 16:
+        raise ImageRejected(
+            "unsupported_mode", f"{header.bit_depth}-bit {header.format} ({header.pillow_mode})"
+        )
+    try:
+        if header.format == "raw":
+            pixels = _decode_raw(data, header)
+        elif header.format in ("jpeg", "png", "webp"):
+            pixels = _decode_torchvision(data, header, channels)
+        else:
+            pixels = _decode_pillow(data)
+    except ImageRejected:
+        raise
+    except Exception as exc:  # decoders raise RuntimeError, OSError, ValueError, MemoryError...
+        # torchvision prefixes its messages with the C++ source location: keep only the words.
+        detail = re.sub(r"^.*\.cpp:\d+, ", "", str(exc))
+        raise ImageRejected(_failure_reason(data, header, exc), detail) from None
+    return to_channels(pixels, channels)
+
+
+def to_channels(pixels: np.ndarray, channels: int | None = None) -> np.ndarray:
+    """`(H, W[, C])` uint8 with C in 1..4 -> `(H, W, channels)`; alpha composited over white,
+    grey kept as grey when `channels` is None."""
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.shape[2] in (2, 4):
+        pixels = _composite_over_white(pixels)
+    have = pixels.shape[2]
+    if channels is None or channels == have:
+        return np.ascontiguousarray(pixels)
+    if channels == 3:  # grey -> RGB
+        return np.ascontiguousarray(np.repeat(pixels, 3, axis=2))
+    rgb = pixels.astype(np.uint32)  # RGB -> grey, ITU-R 601-2 luma as Pillow's "L"
+    grey = (rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114 + 500) // 1000
+    return grey.astype(np.uint8)[:, :, None]
+
+
+def encode_raw(pixels: np.ndarray) -> bytes:
+    """Wrap a `uint8 (H, W)` or `(H, W, C)` array (C in 1..4) as bytes every decoder here reads."""
+    if pixels.dtype != np.uint8:
+        raise ValueError(f"raw pixels must be uint8, not {pixels.dtype}")
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.ndim != 3 or not 1 <= pixels.shape[2] <= 4:
+        raise ValueError(f"raw pixels must be (H, W) or (H, W, C<=4), not {pixels.shape}")
+    height, width, channels = pixels.shape
+    return RAW_HEADER.pack(RAW_MAGIC, height, width, channels) + np.ascontiguousarray(pixels).tobytes()
+
+
+def encode_image(pixels: np.ndarray, fmt: str = "png", *, quality: int = 95) -> bytes:
+    """Encode `uint8 (H, W[, C])` (C in {1, 3}) as PNG, JPEG or WebP (`quality` 100 = lossless WebP)."""
+    from PIL import Image
+
+    fmt = {"jpg": "jpeg"}.get(fmt.lower(), fmt.lower())
+    if fmt not in ENCODE_FORMATS:
+        raise ValueError(f"cannot encode {fmt!r}; formats: {', '.join(ENCODE_FORMATS)}")
+    image = Image.fromarray(pixels[:, :, 0] if pixels.ndim == 3 and pixels.shape[2] == 1 else pixels)
+    out = io.BytesIO()
+    if fmt == "png":
+        image.save(out, "PNG", compress_level=1)
+    elif fmt == "jpeg":
+        image.save(out, "JPEG", quality=quality)
+    else:
+        image.save(out, "WEBP", quality=quality, lossless=quality >= 100)
+    return out.getvalue()
+
+
+def fit_to_contract(pixels: np.ndarray, height: int, width: int, mode: str = "resize") -> np.ndarray:
+    """`(H, W, C)` -> `(height, width, C)`: `resize` stretches to the size, `center_crop` scales so
+    the image covers the size (keeping its aspect) and cuts the centre out. Same size: unchanged."""
+    if mode not in ("resize", "center_crop"):
+        raise ValueError(f"mode must be 'resize' or 'center_crop', not {mode!r}")
+    h, w, c = pixels.shape
+    if (h, w) == (height, width):
+        return pixels
+    if mode == "resize":
+        return _resize(pixels, height, width)
+    scale = max(height / h, width / w)
+    scaled_h, scaled_w = max(height, round(h * scale)), max(width, round(w * scale))
+    if (scaled_h, scaled_w) != (h, w):
+        pixels = _resize(pixels, scaled_h, scaled_w)
+    top, left = (scaled_h - height) // 2, (scaled_w - width) // 2
+    return np.ascontiguousarray(pixels[top : top + height, left : left + width])
+
+
+def _resize(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    from PIL import Image
+
+    channels = pixels.shape[2]
+    image = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels)
+    resized = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+    return resized.reshape(height, width, channels)
+
+
+def _decode_raw(data: bytes, header: ImageHeader) -> np.ndarray:
+    expected = RAW_HEADER.size + header.height * header.width * header.channels
+    if len(data) != expected:
+        reason = "truncated" if len(data) < expected else "read_error"
+        raise ImageRejected(reason, f"raw pixels: {len(data)} bytes where {expected} were expected")
+    if not 1 <= header.channels <= 4:
+        raise ImageRejected("unsupported_mode", f"raw pixels with {header.channels} channels")
+    flat = np.frombuffer(data, dtype=np.uint8, offset=RAW_HEADER.size)
+    return flat.reshape(header.height, header.width, header.channels)
+
+
+def _decode_torchvision(data: bytes, header: ImageHeader, channels: int | None) -> np.ndarray:
+    import torch
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_image as tv_decode
+
+    if header.format == "jpeg":
+        # libjpeg's grey output is the luma plane itself: cheaper than decoding colour first.
+        grey = header.channels == 1 or (channels == 1 and header.channels == 3)
+        mode = ImageReadMode.GRAY if grey else ImageReadMode.RGB
+    elif header.format == "png" and header.palette:
+        mode = ImageReadMode.RGB_ALPHA
+    else:  # PNG grey/grey+alpha/RGB/RGBA and WebP: as stored, alpha handled in `to_channels`
+        mode = ImageReadMode.UNCHANGED
+    encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    decoded = tv_decode(encoded, mode=mode)  # (C, H, W)
+    if decoded.dtype == torch.uint16:  # 16-bit PNG -> 8 bits, rounded
+        decoded = ((decoded.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
+    return decoded.permute(1, 2, 0).numpy()  # (H, W, C)
+
+
+_PILLOW_CONVERT = {"1": "L", "P": "RGBA", "PA": "RGBA", "La": "LA", "RGBa": "RGBA", "CMYK": "RGB"}
+_PILLOW_CONVERT |= {"YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "RGBX": "RGB"}
+
+
+def _decode_pillow(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with Image.open(io.BytesIO(data)) as image:
+            image.seek(0)
+            mode = image.mode
+            if mode.startswith("I;16"):
+                wide = np.asarray(image).astype(np.uint32)  # (H, W) 16-bit
+                return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+            if mode in _PILLOW_CONVERT:
+                image = image.convert(_PILLOW_CONVERT[mode])
+            elif mode not in ("L", "LA", "RGB", "RGBA"):
+                raise ImageRejected("unsupported_mode", f"Pillow mode {mode}")
+            return np.asarray(image)
+
+
+def _composite_over_white(pixels: np.ndarray) -> np.ndarray:
+    """`(H, W, C+1)` with alpha last -> `(H, W, C)` as seen on a white page."""
+    alpha = pixels[..., -1:]
+    colour = pixels[..., :-1]
+    if alpha.min() == 255:
+        return colour
+    a = alpha.astype(np.uint32)
+    blended = (colour.astype(np.uint32) * a + 255 * (255 - a) + 127) // 255
+    return blended.astype(np.uint8)
+
+
+def _failure_reason(data: bytes, header: ImageHeader, exc: Exception) -> str:
+    """`truncated` when the file visibly ends early, else `read_error`."""
+    tail = data[-64:]
+    if header.format == "png" and b"IEND" not in tail:
+        return "truncated"
+    if header.format == "jpeg" and b"\xff\xd9" not in data[-4096:]:
+        return "truncated"
+    if isinstance(exc, OSError) and "truncated" in str(exc):
+        return "truncated"
+    if "truncated" in str(exc).lower() or "incomplete" in str(exc).lower():
+        return "truncated"
+    return "read_error"

@@ -1,0 +1,90 @@
+"""Where a source's files are: one fsspec URI (local, file://, s3://, gs://, memory://), maybe a glob."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from raeflow.errors import SourceError
+
+GLOB_CHARS = "*?["
+
+
+def is_glob(uri: str) -> bool:
+    """Whether the URI is a pattern (`/data/*.parquet`, `s3://b/shards/*.tar`)."""
+    return any(ch in uri for ch in GLOB_CHARS)
+
+
+def filesystem(
+    uri: str, storage_options: dict[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem serving `uri` and the path within it (no protocol, no trailing slash)."""
+    try:
+        fs, path = url_to_fs(uri, **(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        raise SourceError(f"cannot open {uri}: {exc}") from exc
+    return fs, path.rstrip("/") or path
+
+
+def to_uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """A path of `fs` as a full URI; local files stay plain absolute paths."""
+    if "file" in _protocols(fs) or "local" in _protocols(fs):
+        return path
+    return fs.unstrip_protocol(path)
+
+
+def glob_root(path: str) -> str:
+    """The directory part of a glob before its first pattern character (keys are relative to it)."""
+    cut = min(path.find(ch) for ch in GLOB_CHARS if ch in path)
+    return path[:cut].rsplit("/", 1)[0]
+
+
+def list_files(fs: fsspec.AbstractFileSystem, path: str, suffixes: tuple[str, ...]) -> list[str]:
+    """Sorted files under a directory, a single file, or matching a glob, whose lower-cased name
+    ends with one of `suffixes`."""
+    if is_glob(path):
+        found = []
+        for match, info in fs.glob(path, detail=True).items():
+            found.extend(fs.find(match) if info.get("type") == "directory" else [match])
+    elif fs.isdir(path):
+        found = fs.find(path)
+    else:
+        found = [path]
+    return sorted(p for p in found if p.lower().endswith(suffixes))
+
+
+def require_exists(fs: fsspec.AbstractFileSystem, path: str, uri: str, expected: str) -> None:
+    """Raise `SourceError` saying what was expected where, when nothing is at `path`."""
+    if is_glob(path):
+        if not fs.glob(path):
+            raise SourceError(f"nothing matches {uri}; expected {expected} there")
+    elif not fs.exists(path):
+        raise SourceError(f"no such file or folder: {uri}; expected {expected} there")
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
+
+
+def read_files(fs: fsspec.AbstractFileSystem, paths: list[str]) -> list[bytes | Exception]:
+    """The bytes of each path (no protocol), or the error that reading it raised; remote
+    filesystems fetch them concurrently. Paths are taken literally, never as globs."""
+    if getattr(fs, "async_impl", False):
+        from fsspec.asyn import sync
+
+        async def fetch_all() -> list[bytes | BaseException]:
+            return await asyncio.gather(*(fs._cat_file(p) for p in paths), return_exceptions=True)
+
+        results = sync(fs.loop, fetch_all)
+        return [r if isinstance(r, bytes | Exception) else RuntimeError(repr(r)) for r in results]
+    contents: list[bytes | Exception] = []
+    for p in paths:
+        try:
+            contents.append(fs.cat_file(p))
+        except OSError as exc:
+            contents.append(exc)
+    return contents
