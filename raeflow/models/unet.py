@@ -25,9 +25,14 @@ from raeflow.models.registry import register_family, register_preset
 
 
 def _double_conv(c_in: int, c_out: int) -> nn.Sequential:
-    """Two 3x3 conv + ReLU layers at the same resolution."""
+    """Two 3x3 conv + batch norm + ReLU layers at the same resolution."""
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.Conv2d(c_out, c_out, 3, padding=1), nn.ReLU()
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(),
     )
 
 
