@@ -44,7 +44,9 @@ class ImageHeader:
     bit_depth: int = 8
     """Bits per sample (16 for 16-bit PNG/TIFF)."""
     palette: bool = False
-    """PNG colour type 3 (indexed colours), decoded through RGBA."""
+    """PNG colour type 3 (indexed colours)."""
+    transparency: bool = False
+    """PNG with a `tRNS` chunk (a palette with alpha, or a transparent colour key)."""
     pillow_mode: str | None = None
     """Pillow's mode, for formats whose header Pillow read."""
 
@@ -94,10 +96,14 @@ def _png_header(data: bytes) -> ImageHeader:
     if data[12:16] != b"IHDR":
         raise HeaderError("read_error", "PNG without IHDR chunk")
     width, height, depth, colour_type = struct.unpack(">IIBB", data[16:26])
-    channels = {0: 1, 2: 3, 3: 4, 4: 2, 6: 4}.get(colour_type)
+    channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(colour_type)
     if channels is None:
         raise HeaderError("read_error", f"PNG colour type {colour_type} is invalid")
-    return ImageHeader("png", height, width, channels, bit_depth=depth, palette=colour_type == 3)
+    first_data = data.find(b"IDAT")
+    transparency = b"tRNS" in data[: first_data if first_data > 0 else len(data)]
+    return ImageHeader(
+        "png", height, width, channels, bit_depth=depth, palette=colour_type == 3, transparency=transparency
+    )
 
 
 def _jpeg_header(data: bytes) -> ImageHeader:

@@ -26,6 +26,10 @@ import numpy as np
 
 from raeflow.data.image_header import RAW_HEADER, RAW_MAGIC, HeaderError, ImageHeader, read_header
 
+# torchvision 0.29 warns on every call that its decoders will move to TorchCodec; they still work
+# and are what this module measures fastest, so say it once in the docs instead of per image.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+
 DEFAULT_MAX_PIXELS = 64_000_000
 """Largest image decoded (height x width), checked from the header: 64 megapixels."""
 DEFAULT_MIN_SIDE = 2
@@ -196,7 +200,8 @@ def _decode_torchvision(data: bytes, header: ImageHeader, channels: int | None) 
         grey = header.channels == 1 or (channels == 1 and header.channels == 3)
         mode = ImageReadMode.GRAY if grey else ImageReadMode.RGB
     elif header.format == "png" and header.palette:
-        mode = ImageReadMode.RGB_ALPHA
+        # torchvision's RGBA output of a palette PNG is only right when it has a tRNS chunk.
+        mode = ImageReadMode.RGB_ALPHA if header.transparency else ImageReadMode.RGB
     else:  # PNG grey/grey+alpha/RGB/RGBA and WebP: as stored, alpha handled in `to_channels`
         mode = ImageReadMode.UNCHANGED
     encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)

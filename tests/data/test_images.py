@@ -1,0 +1,174 @@
+"""Decoding of one image: formats, channels, modes, limits, and every way an image can be bad."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from raeflow.data import images
+from raeflow.data.images import ImageRejected, decode_image, encode_image, encode_raw, fit_to_contract
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    """A real colour photograph, (96, 128, 3) uint8."""
+    return np.ascontiguousarray(skimage.data.astronaut()[100:196, 150:278])
+
+
+def pillow_bytes(image: Image.Image, fmt: str, **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny valid-looking PNG whose header claims `width x height` grey pixels."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "BMP", "TIFF"])
+def test_lossless_formats_decode_to_the_exact_pixels(photo: np.ndarray, fmt: str) -> None:
+    data = pillow_bytes(Image.fromarray(photo), fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    assert np.array_equal(decode_image(data), photo)
+
+
+def test_jpeg_decodes_close_to_the_original(photo: np.ndarray) -> None:
+    decoded = decode_image(pillow_bytes(Image.fromarray(photo), "JPEG", quality=95))
+    assert decoded.shape == photo.shape and decoded.dtype == np.uint8
+    assert np.abs(decoded.astype(int) - photo).mean() < 3
+
+
+def test_raw_form_round_trips_grey_and_colour(photo: np.ndarray) -> None:
+    grey = photo[:, :, 0]
+    assert np.array_equal(decode_image(encode_raw(photo)), photo)
+    assert np.array_equal(decode_image(encode_raw(grey)), grey[:, :, None])
+    assert decode_image(encode_raw(grey), channels=3).shape == (96, 128, 3)
+
+
+def test_raw_form_cut_short_is_truncated(photo: np.ndarray) -> None:
+    with pytest.raises(ImageRejected) as info:
+        decode_image(encode_raw(photo)[:-10])
+    assert info.value.reason == "truncated"
+
+
+def test_grey_stays_grey_and_converts_on_request(photo: np.ndarray) -> None:
+    grey = Image.fromarray(photo).convert("L")
+    data = pillow_bytes(grey, "PNG")
+    assert decode_image(data).shape == (96, 128, 1)
+    rgb = decode_image(data, channels=3)
+    assert rgb.shape == (96, 128, 3) and np.array_equal(rgb[:, :, 0], rgb[:, :, 2])
+    # Colour -> grey matches Pillow's "L" conversion (same luma weights) to within rounding.
+    from_colour = decode_image(pillow_bytes(Image.fromarray(photo), "PNG"), channels=1)
+    assert np.abs(from_colour[:, :, 0].astype(int) - np.asarray(grey)).max() <= 1
+
+
+def test_alpha_is_composited_over_white(photo: np.ndarray) -> None:
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)])
+    rgba[:48, :, 3] = 0  # top half fully transparent
+    rgba[48:, :, 3] = 128  # bottom half half transparent
+    for fmt, opts in (("PNG", {}), ("WEBP", {"lossless": True})):
+        decoded = decode_image(pillow_bytes(Image.fromarray(rgba), fmt, **opts))
+        assert decoded.shape == (96, 128, 3)
+        assert (decoded[:48] == 255).all()
+        expected = (photo[48:].astype(int) * 128 + 255 * 127 + 127) // 255
+        assert np.abs(decoded[48:].astype(int) - expected).max() <= 1
+
+
+def test_palette_and_grey_alpha_pngs_decode(photo: np.ndarray) -> None:
+    palette = Image.fromarray(photo).convert("P")
+    assert np.array_equal(decode_image(pillow_bytes(palette, "PNG")), np.asarray(palette.convert("RGB")))
+    grey_alpha = Image.fromarray(photo).convert("LA")
+    assert decode_image(pillow_bytes(grey_alpha, "PNG")).shape == (96, 128, 1)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_16_bit_images_are_scaled_to_8_bits(photo: np.ndarray, fmt: str) -> None:
+    wide = photo[:, :, 1].astype(np.uint16) * 257  # 8-bit values spread over 0..65535
+    decoded = decode_image(pillow_bytes(Image.fromarray(wide), fmt))
+    assert decoded.dtype == np.uint8
+    assert np.array_equal(decoded[:, :, 0], photo[:, :, 1])
+
+
+def test_cmyk_jpeg_converts_to_rgb_like_pillow(photo: np.ndarray) -> None:
+    data = pillow_bytes(Image.fromarray(photo).convert("CMYK"), "JPEG", quality=95)
+    decoded = decode_image(data)
+    assert decoded.shape == (96, 128, 3)
+    reference = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    assert np.abs(decoded.astype(int) - reference).max() <= 2
+
+
+def test_float_tiff_is_an_unsupported_mode(photo: np.ndarray) -> None:
+    data = pillow_bytes(Image.fromarray(photo[:, :, 0].astype(np.float32)), "TIFF")
+    with pytest.raises(ImageRejected) as info:
+        decode_image(data)
+    assert info.value.reason == "unsupported_mode"
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda p: b"", "empty"),
+        (lambda p: b"just some text, not pixels", "not_an_image"),
+        (lambda p: pillow_bytes(Image.fromarray(p), "JPEG")[:2000], "truncated"),
+        (lambda p: pillow_bytes(Image.fromarray(p), "PNG")[:3000], "truncated"),
+        (lambda p: pillow_bytes(Image.fromarray(p), "PNG")[:20], "truncated"),
+        (lambda p: pillow_bytes(Image.fromarray(p[:1, :1]), "PNG"), "too_small"),
+        (lambda p: png_claiming(100_000, 100_000), "too_many_pixels"),
+    ],
+)
+def test_bad_images_are_rejected_with_their_reason(photo: np.ndarray, make, reason: str) -> None:
+    with pytest.raises(ImageRejected) as info:
+        decode_image(make(photo))
+    assert info.value.reason == reason
+    assert reason in images.REASONS
+    assert str(info.value).startswith(reason)
+
+
+def test_pixel_limit_is_checked_before_decoding_and_configurable(photo: np.ndarray) -> None:
+    data = pillow_bytes(Image.fromarray(photo), "PNG")
+    with pytest.raises(ImageRejected, match="too_many_pixels"):
+        decode_image(data, max_pixels=96 * 128 - 1)
+    assert decode_image(data, max_pixels=96 * 128).shape == (96, 128, 3)
+    # A 10-gigapixel claim in 100 bytes is refused from the header, in no time and no memory.
+    with pytest.raises(ImageRejected, match="too_many_pixels"):
+        decode_image(png_claiming(100_000, 100_000), max_pixels=10**12 // 10**3)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_encode_image_writes_what_decode_reads(photo: np.ndarray, fmt: str) -> None:
+    decoded = decode_image(encode_image(photo, fmt, quality=100))
+    if fmt == "jpeg":
+        assert np.abs(decoded.astype(int) - photo).mean() < 2
+    else:  # PNG, and WebP at quality 100, are lossless
+        assert np.array_equal(decoded, photo)
+    grey = decode_image(encode_image(photo[:, :, :1], fmt))
+    if fmt == "webp":  # WebP has no grey mode: three equal channels come back
+        assert grey.shape == (96, 128, 3) and np.array_equal(grey[:, :, 0], grey[:, :, 2])
+    else:
+        assert grey.shape == (96, 128, 1)
+
+
+def test_fit_to_contract_resizes_or_crops_only_when_asked(photo: np.ndarray) -> None:
+    assert fit_to_contract(photo, 96, 128) is photo
+    assert fit_to_contract(photo, 32, 32).shape == (32, 32, 3)
+    cropped = fit_to_contract(photo, 96, 96, mode="center_crop")
+    assert np.array_equal(cropped, photo[:, 16:112])
+    assert fit_to_contract(photo[:, :, :1], 48, 20, mode="center_crop").shape == (48, 20, 1)
+    with pytest.raises(ValueError):
+        fit_to_contract(photo, 8, 8, mode="stretch")
