@@ -1,7 +1,59 @@
-"""CLI commands of the models area (filled in by its issue)."""
+"""CLI of the models area: `raeflow models` lists the zoo's families and presets."""
 
 from __future__ import annotations
 
+import json
+
 import click
 
-COMMANDS: list[click.Command] = []
+
+def _format_count(n: int) -> str:
+    """2140065 -> 2.14M, 4385 -> 4.4k."""
+    if n >= 1_000_000:
+        return f"{n / 1_000_000:.2f}M"
+    if n >= 1_000:
+        return f"{n / 1_000:.1f}k"
+    return str(n)
+
+
+@click.command("models")
+@click.option("--family", default=None, help="Show only this family's presets (dense, conv, ..., unet).")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table.")
+def models_command(family: str | None, as_json: bool) -> None:
+    """List the model zoo: every family and its named presets.
+
+    For each preset: its family, the images it takes (channels x height x width; "any" for fully
+    convolutional models), its code's shape, its number of parameters, and what it is. Pass the
+    preset (or the family, for its default arguments) to `raeflow train --model`.
+
+    \b
+    Examples:
+      raeflow models
+      raeflow models --family vae
+      raeflow train --data builtin:mnist --model conv --preset conv_denoise --denoise gaussian:0.3 \\
+                    --out runs/denoise
+    """
+    from raeflow.errors import ConfigError
+    from raeflow.models.registry import describe_presets, list_families
+
+    families = [f.name for f in list_families()]
+    if family is not None and family not in families:
+        raise ConfigError(f"unknown family {family!r}; families: {', '.join(families)}")
+    rows = describe_presets(family)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = ["family", "preset", "input", "latent", "params", "description"]
+    table = [
+        [r["family"], r["preset"], r["input"], r["latent"], _format_count(r["parameters"]), r["description"]]
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header) - 1)]
+    for row in [header, *table]:
+        cells = [str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+    num_families = len({r["family"] for r in rows})
+    click.echo(f"\n{len(rows)} presets in {num_families} families; input is channels x height x width.")
+
+
+COMMANDS: list[click.Command] = [models_command]

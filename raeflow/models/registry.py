@@ -139,3 +139,24 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_jsonable(v) for v in value]
     return value
+
+
+def describe_presets(family: str | None = None) -> list[dict[str, Any]]:
+    """One row per preset for `raeflow models`: family, preset, input contract, latent shape, size."""
+    rows = []
+    for preset in list_presets(family):
+        model = create_model(preset.name)
+        contract = model.input_contract
+        rows.append(
+            {
+                "family": preset.family,
+                "preset": preset.name,
+                "input": f"{contract['channels']}x{contract['height']}x{contract['width']}",
+                "latent": "x".join(str(d) for d in model.latent_shape),
+                "embedding_dim": model.embedding_dim,
+                "parameters": model.num_parameters,
+                "generative": model.generative,
+                "description": preset.description,
+            }
+        )
+    return rows
