@@ -112,8 +112,20 @@ def _write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None
         fs.pipe_file(path, data)
 
 
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The autoencoder inside DistributedDataParallel (`.module`) or torch.compile (`._orig_mod`)."""
+    while not isinstance(model, Autoencoder):
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None:
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            break
+        model = inner
+    return model
+
+
 def save_bundle(
-    model: Autoencoder,
+    model: torch.nn.Module,
     uri: str,
     *,
     training: dict[str, Any] | None = None,
@@ -125,7 +137,8 @@ def save_bundle(
     `training` (data, epochs, noise, ...), `metrics` (final values) and `settings` (a dataclass or
     dict) are stored as given in `bundle.json`. An existing bundle at `uri` is replaced.
     """
-    if not model.arch_name or not model.arch_args:
+    model = _unwrap(model)
+    if not isinstance(model, Autoencoder) or not model.arch_name or not model.arch_args:
         raise ConfigError("only models built with raeflow.models.create_model can be saved as a bundle")
     fs, root = fsspec.core.url_to_fs(str(uri))
     state = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}

@@ -73,6 +73,7 @@ class ConvDenseAutoencoder(Autoencoder):
             deconv.append(nn.Sigmoid() if i == len(outs) - 1 else nn.ReLU())
             c_in = c
         self.decoder_conv = nn.Sequential(*deconv)
+        self.latent_dim = latent_dim
         self.latent_shape = (latent_dim,)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,7 @@ class DenseAutoencoder(Autoencoder):
             last = i == len(back) - 2
             decoder += [nn.Linear(a, b), nn.Sigmoid() if last else nn.ReLU()]
         self.decoder = nn.Sequential(*decoder)
+        self.latent_dim = latent_dim
         self.latent_shape = (latent_dim,)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -68,6 +68,7 @@ class ConvVAE(Autoencoder):
             decoder.append(nn.Sigmoid() if i == len(outs) - 1 else nn.ReLU())
             c_in = c
         self.decoder = nn.Sequential(*decoder)
+        self.latent_dim = latent_dim
         self.latent_shape = (latent_dim,)
 
     # Conditioning hooks, used by `cvae`: extra decoder inputs per image (none here).
@@ -106,7 +107,7 @@ class ConvVAE(Autoencoder):
     def sample(
         self, n: int, y: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        z = torch.randn((n, self.latent_shape[0]), generator=generator, device=self.device)
+        z = torch.randn((n, self.latent_dim), generator=generator, device=self.device)
         return self.decode(z, y)  # (n, C, H, W) in [0, 1]
 
 

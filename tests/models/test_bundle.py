@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from raeflow.errors import BundleError
+from raeflow.errors import BundleError, ConfigError
 from raeflow.models import create_model, load_bundle, save_bundle
 from raeflow.models.bundle import META_FILE, WEIGHTS_FILE, read_bundle_meta
 
@@ -165,3 +165,16 @@ def test_bundle_json_is_written_after_the_weights(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(fs, "pipe_file", recording_pipe)
     save_bundle(create_model("dense", hidden=[4], latent_dim=2), "memory://order/model")
     assert order == [WEIGHTS_FILE, META_FILE]
+
+
+def test_wrapped_models_save_as_the_model_inside(tmp_path: Path) -> None:
+    class Wrapper(torch.nn.Module):  # how DistributedDataParallel holds the model
+        def __init__(self, module: torch.nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+    model = create_model("dense", hidden=[4], latent_dim=2)
+    bundle = load_bundle(save_bundle(Wrapper(model), str(tmp_path / "m")))
+    assert set(bundle.model.state_dict()) == set(model.state_dict())
+    with pytest.raises(ConfigError, match="create_model"):
+        save_bundle(torch.nn.Linear(2, 2), str(tmp_path / "plain"))
