@@ -30,7 +30,7 @@ from fsspec import AbstractFileSystem
 
 from raeflow.data.sources.base import Shard, Source
 from raeflow.data.sources.coco_annotations import read_labels
-from raeflow.data.sources.location import filesystem, to_uri
+from raeflow.data.sources.location import filesystem, read_files, to_uri
 from raeflow.data.sources.published import row_ranges, row_table
 from raeflow.errors import SourceError
 
@@ -143,14 +143,9 @@ class CocoSource(Source):
         for first in range(0, len(shard.paths), batch_rows):
             uris = shard.paths[first : first + batch_rows]
             fs, _ = filesystem(uris[0], self.storage_options)
-            stripped = [fs._strip_protocol(uri) for uri in uris]
-            found = fs.cat(stripped, on_error="return")
-            images: list[bytes] = []
-            errors: list[str | None] = []
-            for path in stripped:
-                data = found.get(path)
-                images.append(data if isinstance(data, bytes) else b"")
-                errors.append(None if isinstance(data, bytes) else f"read_error: {data!r}")
+            found = read_files(fs, [fs._strip_protocol(uri) for uri in uris])
+            images = [data if isinstance(data, bytes) else b"" for data in found]
+            errors = [None if isinstance(data, bytes) else f"read_error: {data!r}" for data in found]
             names = [_name(uri) for uri in uris]
             yield row_table(
                 [_stem(n) for n in names], list(uris), images, [labels.get(n) for n in names], errors
