@@ -216,7 +216,7 @@ def load_bundle(uri: str, map_location: str | torch.device = "cpu") -> Bundle:
     """Load and verify the bundle at `uri`: checksum, architecture, weights; the model in eval mode."""
     meta = read_bundle_meta(uri)
     fs, root = fsspec.core.url_to_fs(str(uri))
-    weights_path = _join(root, meta.get("weights", {}).get("file", WEIGHTS_FILE))
+    weights_path = _join(root, WEIGHTS_FILE)  # never a path taken from bundle.json
     try:
         data = fs.cat_file(weights_path)
     except FileNotFoundError:
