@@ -68,9 +68,8 @@ def test_job_code_ships_the_checkout_without_venv_or_data(tmp_path: Path) -> Non
     code = job_code("embed")
     assert code.command == ["python", "jobs/embed.py"]
     package = tmp_path / "code.zip"
-    create_package(
-        code.runtime_env["working_dir"], package, include_gitignore=True, excludes=code.runtime_env["excludes"]
-    )
+    env = code.runtime_env
+    create_package(env["working_dir"], package, include_gitignore=True, excludes=env["excludes"])
     names = set(zipfile.ZipFile(package).namelist())
     assert {"jobs/embed.py", "raeflow/cli.py", "raeflow/data/sources/base.py", "constraints.txt"} <= names
     assert not [name for name in names if name.startswith((".venv/", ".git/", "tests/")) or ".pyc" in name]
