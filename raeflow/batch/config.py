@@ -23,7 +23,7 @@ class RunOptions:
     gpu: bool = False
     """Give each predictor actor one GPU."""
     decode_batch_size: int | None = None
-    """Images per decode task batch; default: the predictor batch size."""
+    """Images per decode call; default: one read block, which lets Ray run decoding in the read tasks."""
     address: str | None = None
     """Ray cluster to connect to; default: $RAY_ADDRESS, else a local Ray."""
     max_rejected: float | None = None

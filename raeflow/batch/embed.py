@@ -50,6 +50,7 @@ class EmbeddingWriter(ShardWriter):
 
     def add_rows(self, rows: pa.Table) -> None:
         self.tables.append(rows.select(self.schema.names).cast(self.schema))
+        return None
 
     def end_shard(self) -> tuple[str, ...]:
         assert self.shard is not None

@@ -87,13 +87,12 @@ class Manifest:
                         "write to a new --out or delete that folder"
                     )
             return True
-        if self.out.list(""):
-            leftovers = [n for n in self.out.list("") if not n.startswith("_")]
-            if leftovers:
-                raise JobError(
-                    f"{self.out.url()} is not empty and holds no raeflow job ({leftovers[0]}, ...); "
-                    "write to a new or empty --out"
-                )
+        foreign = [name for name in self.out.list("") if not name.startswith("_")]
+        if foreign:
+            raise JobError(
+                f"{self.out.url()} is not empty and holds no raeflow job ({foreign[0]}, ...); "
+                "write to a new or empty --out"
+            )
         body = dict(wanted, version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         self.out.put(JOB_FILE, json.dumps(body, indent=1, sort_keys=True).encode())
         return False

@@ -93,7 +93,7 @@ class OutputDir:
 
     def list(self, reldir: str) -> list[str]:
         """Names of the files directly inside `reldir` (empty if it does not exist)."""
-        folder = self.path(reldir)
+        folder = self.path(reldir) if reldir else self.root
         try:
             entries = self.fs.ls(folder, detail=False)
         except FileNotFoundError:

@@ -20,6 +20,7 @@ How a job plugs in (embed, denoise and report all do exactly this):
     class MyWriter(ShardWriter):                   # driver side, one instance per run
         def begin_shard(self, shard): ...          # a new input shard starts
         def add_rows(self, rows): ...              # the shard's usable predictor rows, in order
+                                                   #   (may return rows it refuses: key, source, reason)
         def end_shard(self): ...                   # write its outputs via self.out.put(...) -> relpaths
         def end_job(self, summary): ...            # optional: files that need every shard -> URIs
 
@@ -71,8 +72,12 @@ class ShardWriter:
         """A new input shard starts; forget the previous one."""
         raise NotImplementedError
 
-    def add_rows(self, rows: pa.Table) -> None:
-        """Usable predictor rows of the current shard, in input order (called zero or more times)."""
+    def add_rows(self, rows: pa.Table) -> pa.Table | None:
+        """Usable predictor rows of the current shard, in input order (called zero or more times).
+
+        May return rows it could not place (e.g. a key that would escape the output folder) as a
+        table of `key, source, reason`; they are counted and listed as rejected.
+        """
         raise NotImplementedError
 
     def end_shard(self) -> tuple[str, ...]:
@@ -213,7 +218,7 @@ def _stream(job: BatchJob, pending: list[Shard], manifest: Manifest) -> Iterator
         decode_rows,
         fn_kwargs={"spec": job.decode},
         batch_format="pyarrow",
-        batch_size=options.decode_batch_size or options.batch_size,
+        batch_size=options.decode_batch_size,  # None: whole read blocks
     )
     gpu_args = {"num_gpus": 1} if options.gpu else {}
     ds = ds.map_batches(
@@ -266,8 +271,10 @@ class _OpenShard:
             self.rejected.append(rows.filter(bad).select(["key", "source", "reason"]))
             rows = rows.filter(pc.invert(bad))
         if rows.num_rows:
-            self.rows_out += rows.num_rows
-            self.writer.add_rows(rows)
+            refused = self.writer.add_rows(rows)
+            self.rows_out += rows.num_rows - (refused.num_rows if refused is not None else 0)
+            if refused is not None and refused.num_rows:
+                self.rejected.append(refused.select(["key", "source", "reason"]))
 
     def finish(self, manifest: Manifest, *, crash: bool = False) -> ShardRecord:
         """Write outputs, then the rejected part, then the record (the order resume relies on)."""

@@ -1,0 +1,171 @@
+"""The predictors and the decode step, called directly: no Ray anywhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from raeflow.batch.decoding import DecodeSpec, decode_rows, pixels_of
+from raeflow.batch.predictors import DenoisePredictor, EncodePredictor, ReconstructPredictor
+from raeflow.batch.tiling import tiled_apply
+from raeflow.data import images
+from raeflow.models import load_bundle
+
+
+def source_rows(datas: list[bytes], shard: int = 0) -> pa.Table:
+    """Rows as a source's read task gives them (ROW_SCHEMA + shard)."""
+    n = len(datas)
+    return pa.table(
+        {
+            "key": [f"k{i}" for i in range(n)],
+            "source": ["mem://src"] * n,
+            "image": pa.array(datas, pa.binary()),
+            "label": pa.array(list(range(n)), pa.int64()),
+            "error": pa.nulls(n, pa.string()),
+            "shard": pa.array([shard] * n, pa.int64()),
+        }
+    )
+
+
+def test_predictor_modules_do_not_import_ray() -> None:
+    code = (
+        "import sys; import raeflow.batch.predictors, raeflow.batch.decoding, raeflow.batch.tiling; "
+        "assert 'ray' not in sys.modules, 'ray was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_decode_keeps_bad_rows_with_a_reason(mnist_digits) -> None:
+    digits, _ = mnist_digits
+    good = images.encode_image(digits[0][:, :, None], "png")
+    table = decode_rows(
+        source_rows([good, b"", b"garbage", good[:40]]), DecodeSpec(channels=1, height=28, width=28)
+    )
+    reasons = table.column("reason").to_pylist()
+    assert table.num_rows == 4 and reasons[0] is None
+    assert reasons[1].startswith("empty") and reasons[2].startswith("not_an_image")
+    assert reasons[3].split(":")[0] in ("truncated", "not_an_image")
+    assert table.column("format").to_pylist()[0] == "png"
+    np.testing.assert_array_equal(pixels_of(table)[0][:, :, 0], digits[0])
+
+
+def test_encode_predictor_matches_the_model(conv_bundle, mnist_digits) -> None:
+    digits, _ = mnist_digits
+    datas = [images.encode_image(d[:, :, None], "png") for d in digits[:10]] + [b"junk"]
+    decoded = decode_rows(source_rows(datas), DecodeSpec(channels=1, height=28, width=28))
+    out = EncodePredictor(conv_bundle)(decoded)
+    assert out.num_rows == 11
+    assert out.schema.field("embedding").type == pa.list_(pa.float32(), 196)
+    assert out.column("reason").to_pylist()[-1].startswith("not_an_image")
+    assert out.column("key").to_pylist() == decoded.column("key").to_pylist()
+    model = load_bundle(conv_bundle).model
+    x = torch.from_numpy(digits[:10]).float().div(255)[:, None]  # (10, 1, 28, 28)
+    expected = model.embed(x).detach().numpy()
+    got = np.stack(out.column("embedding").to_numpy(zero_copy_only=False)[:10])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_vae_embedding_is_the_posterior_mean(vae_bundle, mnist_digits) -> None:
+    digits, _ = mnist_digits
+    decoded = decode_rows(
+        source_rows([images.encode_image(d[:, :, None], "png") for d in digits[:4]]),
+        DecodeSpec(channels=1, height=28, width=28),
+    )
+    predict = EncodePredictor(vae_bundle)
+    first, second = predict(decoded), predict(decoded)
+    a = np.stack(first.column("embedding").to_numpy(zero_copy_only=False))
+    assert a.shape == (4, 6)
+    np.testing.assert_array_equal(a, np.stack(second.column("embedding").to_numpy(zero_copy_only=False)))
+    model = load_bundle(vae_bundle).model
+    mu = model(torch.from_numpy(digits[:4]).float().div(255)[:, None])["mu"].detach().numpy()
+    np.testing.assert_allclose(a, mu, rtol=1e-5, atol=1e-6)
+
+
+def _denoise_one(
+    predictor: DenoisePredictor, data: bytes
+) -> tuple[str | None, np.ndarray | None, str | None]:
+    out = predictor(decode_rows(source_rows([data]), DecodeSpec()))
+    reason = out.column("reason").to_pylist()[0]
+    if reason is not None:
+        return reason, None, None
+    encoded = out.column("data").to_pylist()[0]
+    return None, images.decode_image(encoded), out.column("out_format").to_pylist()[0]
+
+
+def test_denoise_keeps_odd_sizes_mode_and_format(unet_bundle, photo) -> None:
+    predictor = DenoisePredictor(unet_bundle)
+    odd = photo[:321, :481]
+    _, png, fmt = _denoise_one(predictor, images.encode_image(odd, "png"))
+    assert fmt == "png" and png.shape == (321, 481, 1)
+    _, jpeg, fmt = _denoise_one(predictor, images.encode_image(odd, "jpeg"))
+    assert fmt == "jpeg" and jpeg.shape == (321, 481, 1)
+    _, forced, fmt = _denoise_one(
+        DenoisePredictor(unet_bundle, out_format="png"), images.encode_image(odd, "jpeg")
+    )
+    assert fmt == "png" and forced.shape == (321, 481, 1)
+
+
+def test_denoise_channel_rules(unet_bundle, unet_rgb_bundle, photo, colour_photo) -> None:
+    _, grey_via_rgb, _ = _denoise_one(
+        DenoisePredictor(unet_rgb_bundle), images.encode_image(photo[:64, :80], "png")
+    )
+    assert grey_via_rgb.shape == (64, 80, 1)
+    _, rgb_via_grey, _ = _denoise_one(
+        DenoisePredictor(unet_bundle), images.encode_image(colour_photo[:64, :80], "png")
+    )
+    assert rgb_via_grey.shape == (64, 80, 3)
+    # Channel by channel: each output channel is the grey model's output on that channel alone.
+    predictor = DenoisePredictor(unet_bundle)
+    red = predictor.denoise(np.ascontiguousarray(colour_photo[:64, :80, :1]))
+    np.testing.assert_array_equal(rgb_via_grey[:, :, 0], red[:, :, 0])
+
+
+def test_fixed_size_model_refuses_other_sizes_unless_resize(conv_bundle, photo) -> None:
+    data = images.encode_image(photo[:40, :50], "png")
+    reason, _, _ = _denoise_one(DenoisePredictor(conv_bundle), data)
+    assert reason.startswith("size_mismatch") and "--resize" in reason
+    reason, out, _ = _denoise_one(DenoisePredictor(conv_bundle, resize=True), data)
+    assert reason is None and out.shape == (40, 50, 1)
+
+
+def test_tiles_blend_back_to_the_exact_image() -> None:
+    x = torch.rand(1, 3, 150, 130)
+    y = tiled_apply(lambda t: t, x, tile=64, overlap=16, multiple=8)
+    torch.testing.assert_close(y, x)
+
+
+def test_tiled_denoise_matches_one_pass(trained_unet_bundle, photo) -> None:
+    image = np.ascontiguousarray(photo[100:300, 120:340])  # 200x220: several 96-pixel tiles
+    whole = DenoisePredictor(trained_unet_bundle).denoise(image).astype(float)
+    assert np.corrcoef(whole.ravel(), image.ravel())[0, 1] > 0.9  # the model follows its input
+    tiled = DenoisePredictor(trained_unet_bundle, tile=96, tile_overlap=32).denoise(image).astype(float)
+    butted = DenoisePredictor(trained_unet_bundle, tile=96, tile_overlap=0).denoise(image).astype(float)
+    assert tiled.shape == whole.shape == image.shape
+    blended, seams = np.abs(tiled - whole), np.abs(butted - whole)
+    # Blended overlaps stay within a grey level or so of one pass; tiles that just touch do not.
+    assert blended.mean() < 0.8 and np.percentile(blended, 99) < 10, (blended.mean(), blended.max())
+    assert blended.mean() < 0.6 * seams.mean()
+
+
+def test_reconstruct_predictor_gives_pixels_of_the_input_shape(conv_bundle, mnist_digits) -> None:
+    digits, _ = mnist_digits
+    decoded = decode_rows(
+        source_rows([images.encode_image(d[:, :, None], "png") for d in digits[:3]] + [b""]),
+        DecodeSpec(channels=1, height=28, width=28),
+    )
+    out = ReconstructPredictor(conv_bundle)(decoded)
+    recon = out.column("recon").to_pylist()
+    assert [len(r) for r in recon] == [784, 784, 784, 0]
+    assert out.column("reason").to_pylist()[3].startswith("empty")
+
+
+@pytest.mark.parametrize("size", [(2000, 1500)])
+def test_large_photo_is_tiled_without_running_out_of_shape(unet_bundle, photo, size) -> None:
+    big = np.ascontiguousarray(np.tile(photo, (4, 3, 1))[: size[1], : size[0]])  # 1500x2000 grey
+    out = DenoisePredictor(unet_bundle, tile=512).denoise(big)
+    assert out.shape == big.shape
