@@ -23,6 +23,7 @@ from raeflow.cli import main
 from raeflow.data import shard_writer
 from raeflow.data.images import decode_image, encode_raw
 from raeflow.data.shard_writer import ShardSettings, pack_source
+from raeflow.data.sources import detect_kind, open_source
 from raeflow.data.sources.base import ROW_SCHEMA, Shard, Source
 from raeflow.errors import ConfigError
 
@@ -245,3 +246,19 @@ def test_cli_packs_and_reports_user_mistakes_in_one_line(tmp_path: Path, mnist_d
         main, ["shard", str(tmp_path / "o"), "--source-format", "cifar10", "--out", str(tmp_path / "o3")]
     )
     assert wrong.exit_code == 2 and "cifar-10-batches-py/data_batch_1..5" in wrong.output
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "webdataset"])
+def test_shards_read_back_as_a_raeflow_source(
+    tmp_path: Path, mnist_dir: Path, mnist_digits, fmt: str
+) -> None:
+    out = tmp_path / fmt
+    pack_source(ShardSettings(source=str(mnist_dir), out=str(out), format=fmt, shard_size=100))
+    assert detect_kind(str(out)) == fmt  # `_rejected/` beside the shards is not taken for input
+    source = open_source(str(out))
+    table = pa.concat_tables(t for s in source.list_shards() for t in source.read_shard(s))
+    assert table.column("key").to_pylist() == [f"train/{i}" for i in range(230)] + [
+        f"test/{i}" for i in range(40)
+    ]
+    assert table.column("label").to_pylist() == mnist_digits[1][:270].tolist()
+    np.testing.assert_array_equal(decode_image(table.column("image")[7].as_py())[:, :, 0], mnist_digits[0][7])

@@ -46,11 +46,16 @@ def list_files(fs: fsspec.AbstractFileSystem, path: str, suffixes: tuple[str, ..
     """Sorted files under a directory, a single file, or matching a glob, whose lower-cased name
     ends with one of `suffixes`."""
     if is_glob(path):
-        found = []
+        found: list[str] = []
         for match, info in fs.glob(path, detail=True).items():
             found.extend(fs.find(match) if info.get("type") == "directory" else [match])
     elif fs.isdir(path):
-        found = fs.find(path)
+        # Like pyarrow datasets, skip `_`/`.` entries: raeflow's own `_rejected/`, `_manifest/`
+        # beside the shards it wrote, `.ipynb_checkpoints/`, ...
+        root = path.rstrip("/") + "/"
+        found = [
+            p for p in fs.find(path) if not any(c.startswith(("_", ".")) for c in p[len(root) :].split("/"))
+        ]
     else:
         found = [path]
     return sorted(p for p in found if p.lower().endswith(suffixes))
