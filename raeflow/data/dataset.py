@@ -50,10 +50,13 @@ class _ShardDatasource(Datasource):
         return None
 
     def get_read_tasks(
-        self, parallelism: int, per_task_row_limit: int | None = None, **_: object
+        self,
+        parallelism: int,
+        per_task_row_limit: int | None = None,
+        data_context: object | None = None,
+        **_: object,
     ) -> list[ReadTask]:
-        # `**_` takes arguments newer Ray versions add (`data_context` in 2.60); one task per shard
-        # whatever `parallelism` asks for.
+        # One task per shard whatever `parallelism` asks for; `**_` takes what later Ray versions add.
         tasks = []
         for shard in self._shards:
             metadata = BlockMetadata(

@@ -227,8 +227,8 @@ def _decode_pillow(data: bytes) -> np.ndarray:
                 wide = np.asarray(image).astype(np.uint32)  # (H, W) 16-bit
                 return ((wide * 255 + 32767) // 65535).astype(np.uint8)
             if mode in _PILLOW_CONVERT:
-                image = image.convert(_PILLOW_CONVERT[mode])
-            elif mode not in ("L", "LA", "RGB", "RGBA"):
+                return np.asarray(image.convert(_PILLOW_CONVERT[mode]))
+            if mode not in ("L", "LA", "RGB", "RGBA"):
                 raise ImageRejected("unsupported_mode", f"Pillow mode {mode}")
             return np.asarray(image)
 

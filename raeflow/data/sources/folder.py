@@ -91,7 +91,8 @@ class FolderSource(Source):
         for start in range(0, len(shard.paths), batch_rows):
             uris = list(shard.paths[start : start + batch_rows])
             contents = read_files(fs, [fs._strip_protocol(u) for u in uris])
-            images, errors = [], []
+            images: list[bytes] = []
+            errors: list[str | None] = []
             for data in contents:
                 if isinstance(data, Exception):
                     images.append(b"")
