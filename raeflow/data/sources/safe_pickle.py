@@ -17,7 +17,7 @@ import numpy as np
 
 from raeflow.errors import SourceError
 
-_RECONSTRUCT = np.ndarray((0,), np.uint8).__reduce__()[0]
+_RECONSTRUCT: Any = np.ndarray((0,), np.uint8).__reduce__()[0]
 """NumPy's array rebuilder (`numpy._core.multiarray._reconstruct`, formerly `numpy.core...`)."""
 
 

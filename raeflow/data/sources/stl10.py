@@ -85,7 +85,7 @@ class Stl10Source(Source):
                 continue
             size = fs.size(images)
             num_rows = -(-size // RECORD_BYTES)  # a partial last record is listed and reported truncated
-            paths = (to_uri(fs, images),)
+            paths: tuple[str, ...] = (to_uri(fs, images),)
             labels = f"{folder}/{split}_y.bin"
             if split != "unlabeled" and fs.isfile(labels):
                 if fs.size(labels) != num_rows:
