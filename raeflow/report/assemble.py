@@ -1,0 +1,207 @@
+"""The end of `raeflow report`: per-shard parts -> metrics.parquet, summary.json, figures, report.html.
+
+Runs on the driver after every shard is finished (also on a rerun that found nothing to do). It
+reads one part at a time: the metrics parts stream into `metrics.parquet` and into running
+statistics, the sample parts into a `SampleKeeper`, so memory stays bounded however many images
+the report covers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from raeflow import __version__
+from raeflow.batch.manifest import Manifest
+from raeflow.batch.output import OutputDir
+from raeflow.batch.runner import JobSummary
+from raeflow.report import figures as draw
+from raeflow.report.config import ReportConfig
+from raeflow.report.html import render_report
+from raeflow.report.metrics import PSNR_CAP_DB
+from raeflow.report.parts import metrics_part, offer_sample, samples_part
+from raeflow.report.samples import SampleKeeper
+from raeflow.report.stats import MetricStats
+from raeflow.report.tsne import MIN_POINTS, embed_2d
+
+METRICS_FILE = "metrics.parquet"
+SUMMARY_FILE = "summary.json"
+HTML_FILE = "report.html"
+FIGURES_DIR = "figures"
+
+
+@dataclass
+class ReportContext:
+    """What the assembly needs to know besides the parts: settings, model, source, start time."""
+
+    config: ReportConfig
+    """The report's settings."""
+    model: dict[str, Any]
+    """Facts about the model: uri, arch, arch_args, fingerprint, input_contract, training."""
+    source: str
+    """One-line description of the source."""
+    has_labels: bool
+    """Whether the source has labels (the map is coloured by them)."""
+    metric_names: tuple[str, ...]
+    """Metric columns of metrics.parquet (mse, psnr, ssim, and with noise noisy_psnr, noisy_ssim)."""
+    started: float
+    """`time.monotonic()` when the command started."""
+    map_note: str | None = None
+    """Why there is no t-SNE map although one was asked for (decided before the job ran)."""
+
+
+def assemble_report(out: OutputDir, job: JobSummary, context: ReportContext) -> list[str]:
+    """Write metrics.parquet, figures/*.png, summary.json and report.html; return the URIs to show."""
+    began = time.monotonic()
+    shards = sorted(Manifest(out).finished())
+    stats = _merge_metrics(out, shards, context.metric_names)
+    keeper = _collect_samples(out, shards, context.config)
+    figures, notes, tsne_seconds = _draw_figures(keeper, stats, context)
+    for name, png in figures.items():
+        out.put(f"{FIGURES_DIR}/{name}.png", png)
+    summary = _summary(job, stats, context, figures, notes)
+    summary["worst"] = [
+        {name: row[name] for name in ("key", "psnr", "ssim") if name in row} for row in keeper.worst.rows
+    ]
+    summary["timings"].update(
+        tsne_seconds=round(tsne_seconds, 3),
+        assemble_seconds=round(time.monotonic() - began, 3),
+        total_seconds=round(time.monotonic() - context.started, 3),
+    )
+    out.put(SUMMARY_FILE, json.dumps(summary, indent=1, sort_keys=True).encode())
+    out.put(HTML_FILE, render_report(summary, figures, notes).encode("utf-8"))
+    return [out.url(METRICS_FILE), out.url(SUMMARY_FILE), out.url(FIGURES_DIR + "/")]
+
+
+def _merge_metrics(out: OutputDir, shards: list[int], names: tuple[str, ...]) -> dict[str, MetricStats]:
+    """Stream every metrics part, in shard order, into one metrics.parquet and running statistics."""
+    stats = {name: MetricStats.for_metric(name) for name in names}
+    writer: pq.ParquetWriter | None = None
+    with out.open_atomic(METRICS_FILE) as handle:
+        for index in shards:
+            part = pq.read_table(io.BytesIO(out.read(metrics_part(index))))
+            if writer is None:
+                writer = pq.ParquetWriter(handle, part.schema)
+            writer.write_table(part)
+            for name in names:
+                stats[name].add(part.column(name).to_numpy(zero_copy_only=False).astype(np.float64))
+        if writer is not None:
+            writer.close()
+    return stats
+
+
+def _collect_samples(out: OutputDir, shards: list[int], config: ReportConfig) -> SampleKeeper:
+    """The global sample: the selection over every shard's sample part, one part at a time."""
+    keeper = SampleKeeper(
+        gallery_size=config.gallery_size,
+        worst_k=config.worst_k,
+        map_size=config.tsne_points if config.tsne else 0,
+    )
+    for index in shards:
+        for row in pq.read_table(io.BytesIO(out.read(samples_part(index)))).to_pylist():
+            offer_sample(keeper, row)
+    return keeper
+
+
+def _grid_items(rows: list[dict], caption_key: bool) -> list[draw.GridItem]:
+    items = []
+    for row in rows:
+        caption = f"{row['psnr']:.1f} dB"
+        if caption_key:
+            key = row["key"] if len(row["key"]) <= 16 else "…" + row["key"][-15:]
+            caption = f"{caption}\n{key}"
+        versions = {"original": row["clean_png"], "noisy": row["noisy_png"], "output": row["output_png"]}
+        items.append(draw.GridItem(key=row["key"], versions=versions, caption=caption))
+    return items
+
+
+def _draw_figures(
+    keeper: SampleKeeper, stats: dict[str, MetricStats], context: ReportContext
+) -> tuple[dict[str, bytes], dict[str, str], float]:
+    """The report's PNG figures by name, notes on figures that could not be drawn, t-SNE seconds."""
+    config = context.config
+    versions = ["original", "noisy", "output"] if config.noise_spec else ["original", "output"]
+    figures: dict[str, bytes] = {}
+    notes: dict[str, str] = {}
+    if keeper.gallery.rows:
+        figures["gallery"] = draw.comparison_grid(
+            _grid_items(keeper.gallery.rows, False), versions, "Sample images (PSNR of the output)"
+        )
+    panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
+    for metric, title in (("psnr", "PSNR (dB)"), ("ssim", "SSIM")):
+        if stats[metric].count:
+            panels[title] = {"model output": stats[metric].coarse_histogram()}
+            if f"noisy_{metric}" in stats:
+                panels[title]["noisy input"] = stats[f"noisy_{metric}"].coarse_histogram()
+    if panels:
+        figures["histograms"] = draw.metric_histograms(panels)
+    if keeper.worst.rows:
+        figures["worst"] = draw.comparison_grid(
+            _grid_items(keeper.worst.rows, True), versions, f"The {len(keeper.worst.rows)} lowest-PSNR images"
+        )
+    tsne_seconds = 0.0
+    if config.tsne:
+        began = time.monotonic()
+        figure, note = _tsne_figure(keeper.map.rows, context)
+        tsne_seconds = time.monotonic() - began
+        if figure is not None:
+            figures["tsne"] = figure
+        if note:
+            notes["tsne"] = note
+    return figures, notes, tsne_seconds
+
+
+def _tsne_figure(rows: list[dict], context: ReportContext) -> tuple[bytes | None, str | None]:
+    if context.map_note:
+        return None, context.map_note
+    if len(rows) < MIN_POINTS:
+        return None, f"Only {len(rows)} images could be mapped; t-SNE needs at least {MIN_POINTS}."
+    embeddings = np.asarray([row["embedding"] for row in rows], dtype=np.float32)  # (N, D)
+    labels = [row["label"] for row in rows]
+    labelled = context.has_labels and all(label is not None for label in labels)
+    points = embed_2d(embeddings, max_points=len(rows))  # (N, 2)
+    title = f"t-SNE of {len(rows):,} codes" + (", coloured by label" if labelled else "")
+    figure = draw.embedding_map(points, np.asarray(labels) if labelled else None, title)
+    return figure, None if labelled else "The source has no labels, so the map is not coloured."
+
+
+def _summary(
+    job: JobSummary,
+    stats: dict[str, MetricStats],
+    context: ReportContext,
+    figures: dict[str, bytes],
+    notes: dict[str, str],
+) -> dict[str, Any]:
+    """The content of summary.json (also what the HTML page shows)."""
+    metrics = {name: s.summary() for name, s in stats.items()}
+    summary: dict[str, Any] = {
+        "job": "report",
+        "raeflow_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "data": context.config.data,
+        "source": context.source,
+        "model": context.model,
+        "noise": context.config.noise_spec,
+        "psnr_cap_db": PSNR_CAP_DB,
+        "counts": {
+            "rows_in": job.images_in,
+            "rows_out": job.images_out,
+            "rows_rejected": job.images_rejected,
+            "shards": job.num_shards,
+            "shards_skipped": job.num_shards_skipped,
+        },
+        "metrics": metrics,
+        "figures": [f"{FIGURES_DIR}/{name}.png" for name in figures],
+        "notes": notes,
+        "timings": {"job_seconds": job.seconds, "images_per_second": job.images_per_second},
+        "settings": context.config.as_dict(),
+    }
+    if "noisy_psnr" in metrics and metrics["noisy_psnr"].get("count"):
+        summary["psnr_gain_db"] = metrics["psnr"]["mean"] - metrics["noisy_psnr"]["mean"]
+    return summary

@@ -1,0 +1,127 @@
+"""`raeflow report`: how good is this model on that data? Per-image metrics, a summary, an HTML page.
+
+    raeflow report --data builtin:mnist --model runs/mnist/model --out report/ --noise gaussian:0.1 --tsne
+
+A batch job on the shared runner (`raeflow.batch.runner`): the source's shards are decoded and
+fitted to the model, the `ReportPredictor` actors score each image (the model gets the noisy
+input with --noise; metrics compare its output to the clean image), and the driver writes small
+per-shard parts; when every shard is done `assemble_report` writes the folder:
+
+    metrics.parquet     key, [label], mse, psnr, ssim, [noisy_psnr, noisy_ssim]: one row per image
+    summary.json        means, std, p5/p50/p95, counts, model, data, noise, timings, settings
+    figures/*.png       gallery, histograms, worst, [tsne]
+    report.html         everything above on one self-contained page
+    _manifest/ _rejected/ _parts/ _SUCCESS   the batch-job files (rerun = resume)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from raeflow.batch.decoding import DecodeSpec
+from raeflow.batch.output import OutputDir
+from raeflow.batch.runner import BatchJob, JobSummary, run_batch_job
+from raeflow.data.sources import open_source
+from raeflow.errors import ConfigError
+from raeflow.models import load_bundle
+from raeflow.report.assemble import HTML_FILE, SUMMARY_FILE, ReportContext, assemble_report
+from raeflow.report.config import ReportConfig
+from raeflow.report.limit import LimitedSource
+from raeflow.report.parts import ReportWriter, metrics_schema
+from raeflow.report.predictor import METRIC_COLUMNS, NOISY_COLUMNS, ReportPredictor
+
+
+@dataclass
+class ReportResult:
+    """What `run_report` did: the batch job's summary and the report's own (summary.json)."""
+
+    job: JobSummary
+    """Counts, shards, speed and output URIs of the batch job."""
+    summary: dict[str, Any] = field(default_factory=dict)
+    """The content of summary.json."""
+
+    def lines(self) -> list[str]:
+        """A one-screen, human-readable summary."""
+        text = self.job.lines()
+        metrics = self.summary.get("metrics", {})
+        for name, label in (("psnr", "PSNR dB"), ("ssim", "SSIM"), ("noisy_psnr", "noisy input PSNR dB")):
+            values = metrics.get(name, {})
+            if values.get("count"):
+                text.append(
+                    f"  {label + ':':<21}mean {values['mean']:.3f}  p5 {values['p5']:.3f}  "
+                    f"p50 {values['p50']:.3f}  p95 {values['p95']:.3f}"
+                )
+        return text
+
+
+def run_report(config: ReportConfig) -> ReportResult:
+    """Score every image of `config.data` with the bundle `config.model`; write the report to `config.out`."""
+    started = time.monotonic()
+    config.validate()
+    bundle = load_bundle(config.model)
+    model = bundle.model
+    contract = model.input_contract
+    source = open_source(config.data, config.source_format, image_column=config.image_column)
+    if model.conditional and not source.has_labels:
+        raise ConfigError(
+            f"model {config.model} is conditional (it decodes with the label) but {config.data} has no "
+            "labels; report it on labelled data"
+        )
+    if config.limit is not None:
+        source = LimitedSource(source, config.limit)
+    any_size = "any" in (contract["height"], contract["width"])
+    noise = config.noise_spec
+    metric_names = METRIC_COLUMNS + (NOISY_COLUMNS if noise else ())
+    sizes = {
+        "gallery_size": config.gallery_size,
+        "worst_k": config.worst_k,
+        "map_size": config.tsne_points if config.tsne and not any_size else 0,
+    }
+    context = ReportContext(
+        config=config,
+        model={
+            "uri": config.model,
+            "arch": model.arch_name,
+            "arch_args": model.arch_args,
+            "fingerprint": bundle.fingerprint,
+            "input_contract": contract,
+            "training": bundle.meta.get("training"),
+        },
+        source=source.describe(),
+        has_labels=source.has_labels,
+        metric_names=metric_names,
+        started=started,
+        map_note=(
+            "No map: this fully convolutional model's codes grow with the image, so they have no "
+            "common length to compare."
+            if config.tsne and any_size
+            else None
+        ),
+    )
+    schema = metrics_schema(
+        with_labels=source.has_labels, with_noise=bool(noise), fingerprint=bundle.fingerprint
+    )
+    writer = ReportWriter(schema, sizes, lambda out, job: assemble_report(out, job, context))
+    job = BatchJob(
+        name="report",
+        source=source,
+        out=OutputDir(config.out),
+        fingerprint=bundle.fingerprint,
+        settings=config.output_settings(),
+        decode=DecodeSpec(
+            channels=contract["channels"],
+            height=None if any_size else contract["height"],
+            width=None if any_size else contract["width"],
+            fit="resize",
+        ),
+        predictor=ReportPredictor,
+        predictor_kwargs={"bundle": config.model, "noise": noise, **sizes},
+        writer=writer,
+        run=config.run,
+        outputs_hint=HTML_FILE,
+    )
+    summary = run_batch_job(job)
+    return ReportResult(job=summary, summary=json.loads(OutputDir(config.out).read(SUMMARY_FILE)))
