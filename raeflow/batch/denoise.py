@@ -21,9 +21,6 @@ from raeflow.data.sources.base import Source
 from raeflow.errors import ConfigError
 from raeflow.models import Bundle, load_bundle
 
-PARQUET_IMAGE_COLUMNS = ("image", "jpg", "png")
-"""Image columns a Parquet source is searched for, in order (as the source does)."""
-
 
 def run_denoise(config: DenoiseConfig) -> JobSummary:
     """Denoise every image of `config.data` with the bundle `config.model` into `config.out`."""
@@ -62,23 +59,8 @@ def mirror_writer(source: Source, image_column: str | None = None) -> ShardWrite
     if source.kind == "webdataset":
         return WebDatasetMirror(source)
     if source.kind == "parquet":
-        return ParquetMirror(source, *_parquet_columns(source, image_column))
+        return ParquetMirror(source, image_column)
     return FolderMirror(keep_names=False)
-
-
-def _parquet_columns(source: Source, image_column: str | None) -> tuple[str, str | None]:
-    """The image column and the key column (None: keys are `<file stem>/<row>`) of a Parquet source."""
-    import fsspec
-    import pyarrow.parquet as pq
-
-    shards = source.list_shards()
-    with fsspec.open(shards[0].paths[0], "rb", **source.storage_options) as raw:
-        names = pq.read_schema(raw).names
-    column = image_column or getattr(source, "image_column", None)
-    column = column or next((c for c in PARQUET_IMAGE_COLUMNS if c in names), None)
-    if column not in names:
-        raise ConfigError(f"{shards[0].paths[0]} has no image column {column!r}; pass --image-column")
-    return column, "key" if "key" in names else None
 
 
 def _check_first_image(bundle: Bundle, source: Source, config: DenoiseConfig) -> None:

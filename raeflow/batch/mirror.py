@@ -4,7 +4,7 @@
 - WebDataset: one `.tar` per input `.tar`, same name, same member order and keys, every other
   member of a sample (`.cls`, `.json`, ...) copied over unchanged;
 - Parquet: one `.parquet` per input file, same name, same columns and keys, the image column
-  holding the denoised bytes;
+  holding the denoised bytes (as plain binary, also where the input had an image struct);
 - any other source (MNIST, builtin:, ...): a folder of `<key>.png` (or the chosen format).
 
 Rejected images are left out of the output (they are listed in `_rejected/`); a sample of a tar
@@ -20,11 +20,13 @@ import tarfile
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raeflow.batch.output import UnsafeKey, safe_relpath
 from raeflow.batch.runner import ShardWriter
 from raeflow.data.sources.base import Shard, Source
+from raeflow.data.sources.parquet import IMAGE_COLUMNS
 
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp", "tiff": ".tif"}
 """File extension written for each output format when the input's own cannot be kept."""
@@ -92,18 +94,14 @@ def _format_of_extension(ext: str) -> str | None:
     }.get(ext.lower())
 
 
-def shard_relpath(source: Source, shard: Shard) -> str:
-    """The output name of a file-per-shard input: its path relative to the source's root."""
-    path = shard.paths[0]
-    root = source.uri.rstrip("/")
-    if path.startswith(root + "/"):
-        relative = path[len(root) + 1 :]
-    else:
-        relative = posixpath.basename(path)
-    if shard.start or shard.stop is not None:  # one of several row ranges of the same file
-        stem, ext = posixpath.splitext(relative)
-        relative = f"{stem}.rows-{shard.start:09d}{ext}"
-    return safe_relpath(relative)
+def shard_relpath(shard: Shard) -> str:
+    """The output name of a file-per-shard input (Parquet, WebDataset): its path under the source root."""
+    basename = posixpath.basename(shard.paths[0])
+    name = shard.name if shard.name.endswith(basename) else basename
+    try:
+        return safe_relpath(name)
+    except UnsafeKey:
+        return safe_relpath(basename)
 
 
 class _BufferedMirror(ShardWriter):
@@ -136,7 +134,7 @@ class WebDatasetMirror(_BufferedMirror):
 
     def end_shard(self) -> tuple[str, ...]:
         assert self.shard is not None
-        name = shard_relpath(self.source, self.shard)
+        name = shard_relpath(self.shard)
         with fsspec.open(self.shard.paths[0], "rb", **self.source.storage_options) as raw:
             with tarfile.open(fileobj=raw, mode="r|*") as reader, self.out.open_atomic(name) as handle:
                 with tarfile.open(fileobj=handle, mode="w|") as writer:
@@ -163,36 +161,34 @@ class WebDatasetMirror(_BufferedMirror):
 
 
 class ParquetMirror(_BufferedMirror):
-    """Rewrites each input Parquet file (or row range) with the image column replaced."""
+    """Rewrites each input Parquet file with the denoised bytes in its image column."""
 
-    def __init__(self, source: Source, image_column: str, key_column: str | None) -> None:
+    def __init__(self, source: Source, image_column: str | None = None) -> None:
         super().__init__(source)
         self.image_column = image_column
-        self.key_column = key_column
+        """The image column (default: the first of the source's usual names in each file)."""
 
     def end_shard(self) -> tuple[str, ...]:
         assert self.shard is not None
-        shard = self.shard
-        path = shard.paths[0]
-        stem = posixpath.splitext(posixpath.basename(path))[0]
+        path = self.shard.paths[0]
         with fsspec.open(path, "rb", **self.source.storage_options) as raw:
             table = pq.read_table(raw)
-        stop = table.num_rows if shard.stop is None else min(shard.stop, table.num_rows)
-        table = table.slice(shard.start, stop - shard.start)
-        if self.key_column:
-            keys = [str(k) for k in table.column(self.key_column).to_pylist()]
-        else:
-            keys = [f"{stem}/{shard.start + i}" for i in range(table.num_rows)]
-        keep = [k in self.images for k in keys]
-        table = table.filter(pa.array(keep))
-        column = table.schema.get_field_index(self.image_column)
-        images = [self.images[k][0] for k, ok in zip(keys, keep, strict=True) if ok]
-        table = table.set_column(
-            column, table.schema.field(column), pa.array(images, table.schema.field(column).type)
+        names = table.schema.names
+        column = self.image_column or next(c for c in IMAGE_COLUMNS if c in names)
+        # Keys exactly as the Parquet source makes them: the `key` column, else `<file stem>/<row>`.
+        stem = posixpath.splitext(posixpath.basename(path))[0]
+        given = (
+            pc.cast(table.column("key"), pa.string()).to_pylist() if "key" in names else [None] * len(table)
         )
+        keys = [k if k is not None else f"{stem}/{row}" for row, k in enumerate(given)]
+        keep = [k in self.images for k in keys]
+        table = table.filter(pa.array(keep, pa.bool_()))
+        index = names.index(column)
+        denoised = pa.array([self.images[k][0] for k, ok in zip(keys, keep, strict=True) if ok], pa.binary())
+        table = table.set_column(index, pa.field(column, pa.binary()), denoised)
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
-        name = shard_relpath(self.source, shard)
+        name = shard_relpath(self.shard)
         self.out.put(name, buffer.getvalue())
         self.images = {}
         return (name,)

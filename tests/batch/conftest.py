@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from raeflow.data import images
 from raeflow.models import create_model, save_bundle
 
 
@@ -62,23 +59,6 @@ def unet_rgb_bundle(tmp_path_factory: pytest.TempPathFactory) -> str:
     return save_bundle(model, str(tmp_path_factory.mktemp("unet_rgb") / "model"))
 
 
-def write_digits(
-    root: Path, digits: np.ndarray, *, num: int, bad: dict[str, bytes] | None = None
-) -> list[str]:
-    """Write `num` MNIST digits as PNGs in three sub-folders (plus `bad` files); returns the keys."""
-    keys = []
-    for i in range(num):
-        key = f"{i % 3}/d{i:04d}"
-        path = root / f"{key}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(images.encode_image(digits[i][:, :, None], "png"))
-        keys.append(key)
-    for name, data in (bad or {}).items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_bytes(data)
-    return keys
-
-
 @pytest.fixture(scope="session")
 def photo() -> np.ndarray:
     """scikit-image's camera man, 512x512 grey, as `(H, W, 1)` uint8."""
@@ -93,3 +73,11 @@ def colour_photo() -> np.ndarray:
     from skimage import data
 
     return data.astronaut()
+
+
+@pytest.fixture()
+def ray_address(ray_session: None) -> str:
+    """The address of the shared test Ray, for CLI subprocesses (`--address`)."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address

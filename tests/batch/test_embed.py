@@ -1,0 +1,169 @@
+"""`raeflow embed` end to end on the shared local Ray: the table, its readers, reruns, S3."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pyarrow.parquet as pq
+import pytest
+
+from raeflow.batch.config import EmbedConfig, RunOptions
+from raeflow.batch.embed import run_embed
+from raeflow.data import images
+from raeflow.errors import JobError
+from tests.batch.inputs import write_digit_parquet, write_digits
+
+READ_WITHOUT_RAEFLOW = textwrap.dedent(
+    """
+    import sys, json
+    import duckdb, pandas
+    out = sys.argv[1]
+    con = duckdb.connect()
+    count, dim, kind = con.execute(
+        "SELECT count(*), min(len(embedding)) = max(len(embedding)) AND max(len(embedding)) = 196, "
+        "any_value(typeof(embedding[1])) "
+        f"FROM read_parquet('{out}/part-*.parquet')"
+    ).fetchone()
+    frame = pandas.concat(pandas.read_parquet(f"{out}/{name}") for name in sorted(
+        __import__("os").listdir(out)) if name.startswith("part-"))
+    assert 'ray' not in sys.modules and 'raeflow' not in sys.modules, "ray or raeflow got imported"
+    print(json.dumps({"count": count, "dim": dim, "kind": kind, "keys": frame["key"].tolist(),
+                      "labels": frame["label"].tolist(), "pandas_dim": len(frame["embedding"].iloc[0]),
+                      "pandas_dtype": str(frame["embedding"].iloc[0].dtype)}))
+    """
+)
+
+
+def test_embedding_table_reads_in_duckdb_and_pandas_without_raeflow(
+    ray_session, tmp_path, conv_bundle, mnist_digits
+):
+    digits, labels = mnist_digits
+    keys = write_digit_parquet(str(tmp_path / "in"), digits, labels, files=3, rows=20)
+    out = tmp_path / "emb"
+    summary = run_embed(
+        EmbedConfig(data=str(tmp_path / "in"), model=conv_bundle, out=str(out), run=RunOptions(quiet=True))
+    )
+    assert (summary.images_in, summary.images_out, summary.images_rejected) == (60, 60, 0)
+    assert sorted(p.name for p in out.glob("part-*")) == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
+    assert (out / "_SUCCESS").exists() and len(list((out / "_manifest").glob("shard-*.json"))) == 3
+
+    result = subprocess.run(
+        [sys.executable, "-c", READ_WITHOUT_RAEFLOW, str(out)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    # DuckDB reads Parquet's lists as LIST (FLOAT[]): every row has exactly 196 float32 values.
+    assert seen["count"] == 60 and seen["dim"] is True and seen["kind"] == "FLOAT"
+    assert seen["keys"] == keys and seen["labels"] == [int(v) for v in labels[:60]]
+    assert seen["pandas_dim"] == 196 and seen["pandas_dtype"] == "float32"
+
+    part = pq.ParquetFile(out / "part-00001.parquet")
+    assert str(part.schema_arrow.field("embedding").type) == "fixed_size_list<element: float>[196]"
+    metadata = part.schema_arrow.metadata
+    assert (
+        metadata[b"raeflow.model"].decode()
+        == json.loads((out / "_manifest" / "job.json").read_text())["model"]
+    )
+    assert metadata[b"raeflow.version"] == b"0.1.0"
+    assert part.read().column("key").to_pylist() == keys[20:40]  # part NNNNN holds shard NNNNN
+
+
+def test_rerun_skips_finished_shards_and_refuses_another_model(
+    ray_session, tmp_path, conv_bundle, vae_bundle, mnist_digits
+):
+    digits, labels = mnist_digits
+    write_digit_parquet(str(tmp_path / "in"), digits, labels, files=2, rows=10)
+    config = EmbedConfig(
+        data=str(tmp_path / "in"), model=conv_bundle, out=str(tmp_path / "emb"), run=RunOptions(quiet=True)
+    )
+    run_embed(config)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "emb").glob("part-*")}
+    again = run_embed(config)
+    assert again.num_shards_skipped == 2 and again.images_out == 20
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "emb").glob("part-*")} == before
+    other = EmbedConfig(data=config.data, model=vae_bundle, out=config.out, run=RunOptions(quiet=True))
+    with pytest.raises(JobError, match="another embed run"):
+        run_embed(other)
+
+
+def test_vae_embeds_its_latent_size(ray_session, tmp_path, vae_bundle, mnist_digits):
+    digits, labels = mnist_digits
+    write_digit_parquet(str(tmp_path / "in"), digits, labels, files=1, rows=8)
+    run_embed(
+        EmbedConfig(
+            data=str(tmp_path / "in"), model=vae_bundle, out=str(tmp_path / "emb"), run=RunOptions(quiet=True)
+        )
+    )
+    table = pq.read_table(tmp_path / "emb" / "part-00000.parquet")
+    assert table.num_rows == 8 and table.schema.field("embedding").type.list_size == 6
+
+
+def test_bad_images_are_listed_and_max_rejected_fails(
+    ray_address, tmp_path, conv_bundle, mnist_digits, raeflow_cli
+):
+    digits, _ = mnist_digits
+    good = write_digits(
+        tmp_path / "in",
+        digits,
+        num=12,
+        bad={
+            "junk.png": b"not an image",
+            "empty.jpg": b"",
+            "0/cut.png": images.encode_image(digits[99][:, :, None], "png")[:60],  # truncated
+        },
+    )
+    command = [
+        *raeflow_cli,
+        "embed",
+        "--data",
+        str(tmp_path / "in"),
+        "--model",
+        conv_bundle,
+        "--address",
+        ray_address,
+        "--quiet",
+    ]
+    strict = subprocess.run(
+        [*command, "--out", str(tmp_path / "strict"), "--max-rejected", "0"], capture_output=True, text=True
+    )
+    assert strict.returncode != 0
+    assert strict.stderr.strip().splitlines()[-1].startswith("error: 3 of 15 images (20.0%) were rejected")
+    assert not (tmp_path / "strict" / "_SUCCESS").exists()
+
+    lenient = subprocess.run(
+        [*command, "--out", str(tmp_path / "lenient"), "--max-rejected", "0.25"],
+        capture_output=True,
+        text=True,
+    )
+    assert lenient.returncode == 0, lenient.stderr
+    assert "12 out, 3 rejected" in lenient.stdout
+    rejected = pq.read_table(tmp_path / "lenient" / "_rejected").to_pylist()
+    reasons = {row["key"]: row["reason"].split(":")[0] for row in rejected}
+    assert reasons == {"junk": "not_an_image", "empty": "empty", "0/cut": "truncated"}
+    embedded = pq.read_table(tmp_path / "lenient" / "part-00000.parquet").column("key").to_pylist()
+    assert sorted(embedded) == sorted(good)
+
+
+def test_s3_in_and_out(ray_session, s3_bucket, conv_bundle, mnist_digits):
+    import fsspec
+
+    digits, labels = mnist_digits
+    keys = write_digit_parquet(f"{s3_bucket}/in", digits, labels, files=2, rows=10)
+    summary = run_embed(
+        EmbedConfig(
+            data=f"{s3_bucket}/in", model=conv_bundle, out=f"{s3_bucket}/emb", run=RunOptions(quiet=True)
+        )
+    )
+    assert summary.images_out == 20
+    fs = fsspec.filesystem("s3")
+    names = sorted(p.rsplit("/", 1)[1] for p in fs.ls(f"{s3_bucket}/emb"))
+    assert names == ["_SUCCESS", "_manifest", "part-00000.parquet", "part-00001.parquet"]
+    with fs.open(f"{s3_bucket}/emb/part-00001.parquet", "rb") as handle:
+        assert pq.read_table(handle).column("key").to_pylist() == keys[10:]
