@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from raeflow.errors import ConfigError
-
 
 @click.command("shard")
 @click.argument("src")
@@ -52,8 +50,6 @@ def shard_command(
     """
     from raeflow.data.shard_writer import ShardSettings, iter_report_lines, pack_source
 
-    if read_ahead < 1:
-        raise ConfigError(f"--read-ahead must be at least 1, not {read_ahead}")
     settings = ShardSettings(
         source=src,
         out=out,

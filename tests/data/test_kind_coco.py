@@ -155,3 +155,17 @@ def test_broken_json_is_a_source_error(tmp_path: Path) -> None:
     path.write_text(path.read_text()[:-40])
     with pytest.raises(SourceError, match="instances_train2017.json is not valid COCO json"):
         open_source(str(tmp_path), "coco").list_shards()
+
+
+def test_reads_from_a_bucket(s3_bucket: str, tmp_path: Path) -> None:
+    import fsspec
+
+    files = write_coco(tmp_path / "coco")
+    fs = fsspec.filesystem("s3")
+    fs.put(str(tmp_path / "coco") + "/", f"{s3_bucket}/coco/", recursive=True)
+    assert detect_kind(f"{s3_bucket}/coco") == "coco"
+    source = open_source(f"{s3_bucket}/coco")
+    table = pa.concat_tables(t for s in source.list_shards() for t in source.read_shard(s, batch_rows=4))
+    assert table.column("label").to_pylist() == [44, 1, 90, None, 1, None, None, None, None]
+    assert table.column("source")[8].as_py() == f"{s3_bucket}/coco/val2017/000000000103.jpg"
+    assert table.column("image")[8].as_py() == files["val2017/000000000103.jpg"]
