@@ -1,0 +1,126 @@
+"""Turning source rows into training batches: decode to the model's size, split train/validation.
+
+`DecodeForTraining` is the one place where encoded images become pixels for training. Ray Data runs
+it in its map tasks (`trainer.py`); the Ray-free loop calls it on the tables a source yields
+(`iter_plain_batches`). Either way a batch is `{"image": uint8 (N, C, H, W), "label": int64 (N,)}`
+(label -1 where the source has none); the worker turns images into floats in [0, 1].
+
+The validation split is chosen per image by a hash of its key, so it is the same in every run, on
+every worker, and under any sharding: an image is never trained on in one run and validated on in
+the next.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from raeflow.data.images import ImageRejected, decode_image, fit_to_contract
+
+SPLITS = ("train", "val")
+"""The two splits a run reads."""
+
+
+def is_validation(key: str, val_fraction: float) -> bool:
+    """Whether the image with this key belongs to the held-out validation split."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2.0**64 < val_fraction
+
+
+class DecodeForTraining:
+    """Decode one table of source rows into a batch of fixed-size images for one split.
+
+    Rows of the other split, rows a source could not read and images that cannot be decoded are
+    dropped (training skips bad images instead of failing on them).
+    """
+
+    def __init__(self, *, split: str, channels: int, height: int, width: int, val_fraction: float):
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        self.split = split
+        self.channels = channels
+        self.height = height
+        self.width = width
+        self.val_fraction = val_fraction
+
+    def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
+        """`table` has ROW_SCHEMA columns; returns {"image": (N, C, H, W) uint8, "label": (N,) int64}."""
+        keys = table.column("key").to_pylist()
+        datas = table.column("image").to_pylist()
+        labels = table.column("label").to_pylist() if "label" in table.column_names else [None] * len(keys)
+        errors = table.column("error").to_pylist() if "error" in table.column_names else [None] * len(keys)
+        want_val = self.split == "val"
+        images: list[np.ndarray] = []
+        kept_labels: list[int] = []
+        for key, data, label, error in zip(keys, datas, labels, errors, strict=True):
+            if error is not None or not data or is_validation(key, self.val_fraction) != want_val:
+                continue
+            try:
+                pixels = decode_image(data, channels=self.channels)  # (h, w, C) uint8
+            except ImageRejected:
+                continue
+            pixels = fit_to_contract(pixels, self.height, self.width)  # (H, W, C)
+            images.append(np.ascontiguousarray(pixels.transpose(2, 0, 1)))  # (C, H, W)
+            kept_labels.append(-1 if label is None else int(label))
+        if images:
+            stacked = np.stack(images)  # (N, C, H, W)
+        else:
+            stacked = np.zeros((0, self.channels, self.height, self.width), dtype=np.uint8)
+        return {"image": stacked, "label": np.asarray(kept_labels, dtype=np.int64)}
+
+
+def iter_source_tables(source, limit: int | None = None) -> Iterator[pa.Table]:
+    """A source's rows in shard order, as tables, stopping after `limit` rows (Ray-free)."""
+    remaining = limit
+    for shard in source.list_shards():
+        for table in source.read_shard(shard):
+            if remaining is not None:
+                if remaining <= 0:
+                    return
+                table = table.slice(0, remaining)
+                remaining -= table.num_rows
+            yield table
+
+
+def iter_plain_batches(
+    source,
+    decode: DecodeForTraining,
+    batch_size: int,
+    *,
+    limit: int | None = None,
+    shuffle_seed: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of one split read straight from the source, no Ray; shuffled within a window if seeded."""
+    pending_images: list[np.ndarray] = []
+    pending_labels: list[np.ndarray] = []
+    num_pending = 0
+    rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
+    window = batch_size * 8  # like Ray's local shuffle buffer: mixes neighbouring shards' rows
+
+    def emit(final: bool) -> Iterator[dict[str, np.ndarray]]:
+        nonlocal pending_images, pending_labels, num_pending
+        images = np.concatenate(pending_images)
+        labels = np.concatenate(pending_labels)
+        if rng is not None:
+            order = rng.permutation(len(images))
+            images, labels = images[order], labels[order]
+        stop = len(images) if final else len(images) - len(images) % batch_size
+        for start in range(0, stop, batch_size):
+            yield {"image": images[start : start + batch_size], "label": labels[start : start + batch_size]}
+        pending_images, pending_labels = [images[stop:]], [labels[stop:]]
+        num_pending = len(images) - stop
+
+    for table in iter_source_tables(source, limit):
+        batch = decode(table)
+        if len(batch["image"]) == 0:
+            continue
+        pending_images.append(batch["image"])
+        pending_labels.append(batch["label"])
+        num_pending += len(batch["image"])
+        if num_pending >= window:
+            yield from emit(final=False)
+    if num_pending:
+        yield from emit(final=True)

@@ -1,0 +1,182 @@
+"""The settings of one training run: what `raeflow train` parses and every worker receives.
+
+A `TrainConfig` is plain data (JSON-serialisable through `to_dict`), validated in one place
+(`validate`), written into every checkpoint and the final bundle so a model says how it was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from raeflow.errors import ConfigError
+
+PLACEMENTS = ("pack", "spread", "strict_spread")
+"""Ray placement strategies offered by `--placement` (lower-case names of Ray's own)."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides how a model is trained; the CLI fills it, the loop reads it."""
+
+    data: str
+    """URI of the training images (folder, parquet, webdataset, mnist, ..., builtin:NAME)."""
+    model: str
+    """Model family or preset from the zoo (`raeflow models` lists them)."""
+    out: str
+    """Output URI (local or s3://): checkpoints, metrics.jsonl, grids/ and the final model/."""
+    preset: str | None = None
+    """Named preset to use instead of the family's defaults (must belong to --model)."""
+    format: str | None = None
+    """Force the source kind instead of detecting it."""
+    image_column: str | None = None
+    """Image-bytes column of a Parquet source, when it is not image/jpg/png."""
+    epochs: int = 5
+    """Number of passes over the training split (a resumed run continues up to this many)."""
+    batch_size: int = 64
+    """Images per optimisation step on each worker."""
+    lr: float = 1e-3
+    """Peak learning rate of Adam; a cosine schedule decays it to a tenth by the last epoch."""
+    seed: int = 0
+    """Seed for weights, noise and shuffling."""
+    workers: int = 1
+    """Number of Ray Train workers (data-parallel replicas)."""
+    gpu: bool = False
+    """One GPU per worker (NCCL, bf16 autocast); CPU and gloo otherwise."""
+    model_args: dict[str, Any] = field(default_factory=dict)
+    """Model arguments on top of the preset's, e.g. recon_loss=bce or latent_dim=32 (--model-arg K=V)."""
+    denoise: str | None = None
+    """Train a denoiser: noise spec applied to the input (gaussian:0.1, saltpepper:0.05, mask:0.25)."""
+    beta: float | None = None
+    """Weight of the KL term for vae/cvae models (default: the model's own)."""
+    image_size: tuple[int, int] | None = None
+    """Train at this H x W: images are resized to it and fixed-size models are built for it."""
+    val_fraction: float = 0.1
+    """Share of images held out for validation, chosen by a hash of the key (stable across runs)."""
+    limit: int | None = None
+    """Use only the first N images of the source (demos, tests)."""
+    checkpoint_every: int = 1
+    """Write a checkpoint bundle every N epochs (and always after the last one)."""
+    keep_checkpoints: int = 2
+    """How many checkpoints Ray Train keeps in the run folder."""
+    max_failures: int = 0
+    """Restart a worker group that lost a worker up to K times, from the last checkpoint."""
+    resume: bool = False
+    """Require an existing run in --out and continue it (a rerun into the same --out resumes anyway)."""
+    address: str | None = None
+    """Ray cluster to connect to (default: RAY_ADDRESS, else a local Ray)."""
+    placement: str = "pack"
+    """How workers are placed on nodes: pack, spread, or strict_spread (one worker per node)."""
+    grid_images: int = 8
+    """Images per row of the per-epoch grid PNG."""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    """fsspec options for the data URI (e.g. an S3 endpoint)."""
+
+    @property
+    def model_name(self) -> str:
+        """The name `create_model` receives: the preset if one was given, else the family."""
+        return self.preset or self.model
+
+    def validate(self) -> TrainConfig:
+        """Raise `ConfigError` for values that cannot work; return self so calls chain."""
+        positive = {
+            "--epochs": self.epochs,
+            "--batch-size": self.batch_size,
+            "--workers": self.workers,
+            "--checkpoint-every": self.checkpoint_every,
+            "--keep-checkpoints": self.keep_checkpoints,
+            "--grid-images": self.grid_images,
+        }
+        for option, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{option} must be at least 1, got {value}")
+        if self.limit is not None and self.limit < 2:
+            raise ConfigError(
+                f"--limit must be at least 2 (one training and one validation image), got {self.limit}"
+            )
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.beta is not None and self.beta < 0:
+            raise ConfigError(f"--beta must be zero or positive, got {self.beta}")
+        if self.max_failures < -1:
+            raise ConfigError(f"--max-failures must be -1 (retry forever) or more, got {self.max_failures}")
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(f"--placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
+        if self.image_size is not None and min(self.image_size) < 4:
+            raise ConfigError(
+                f"--image-size must be at least 4x4, got {self.image_size[0]}x{self.image_size[1]}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON-ready data (written next to every checkpoint and bundle)."""
+        data = dataclasses.asdict(self)
+        data["image_size"] = list(self.image_size) if self.image_size else None
+        data.pop("storage_options")  # may hold credentials
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild settings written by `to_dict` (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {key: value for key, value in data.items() if key in names}
+        if kwargs.get("image_size") is not None:
+            kwargs["image_size"] = tuple(kwargs["image_size"])
+        return cls(**kwargs)
+
+
+def parse_model_args(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """`["recon_loss=bce", "channels=[32,16]"]` -> {"recon_loss": "bce", "channels": [32, 16]} (JSON values
+    where they parse as JSON, strings otherwise)."""
+    import json
+
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--model-arg must look like NAME=VALUE (e.g. recon_loss=bce), got {pair!r}")
+        try:
+            args[key.strip()] = json.loads(text)
+        except ValueError:
+            args[key.strip()] = text
+    return args
+
+
+def parse_image_size(text: str | None) -> tuple[int, int] | None:
+    """`28` -> (28, 28), `32x48` -> (32, 48) (height x width); None stays None."""
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    try:
+        sizes = [int(part) for part in parts]
+    except ValueError:
+        raise ConfigError(f"--image-size must look like 28 or 32x48 (height x width), got {text!r}") from None
+    if len(sizes) == 1:
+        return sizes[0], sizes[0]
+    if len(sizes) == 2:
+        return sizes[0], sizes[1]
+    raise ConfigError(f"--image-size must look like 28 or 32x48 (height x width), got {text!r}")
+
+
+def field_help(cls: type = TrainConfig) -> dict[str, str]:
+    """The one-line docstring under each dataclass field, by field name (the CLI's help texts)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, following in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+            and isinstance(following.value.value, str)
+        ):
+            docs[node.target.id] = following.value.value.strip()
+    return docs

@@ -1,0 +1,308 @@
+"""The per-worker training loop: the same code on each Ray Train worker and in one plain process.
+
+Nothing here imports Ray. What differs between a Ray worker and a plain process (where batches come
+from, how checkpoints are stored, how the model is wrapped) sits behind `WorkerRuntime`:
+`trainer.RayRuntime` inside `ray.train.torch.TorchTrainer`, `plain.PlainRuntime` for world size 1
+with PyTorch only, e.g. to profile on a GPU machine without Ray:
+
+    python -m raeflow.train.loop --data builtin:mnist --model conv --out runs/plain --epochs 2
+
+Per epoch: train on the worker's share of the training split (Adam, cosine learning rate, bf16
+autocast on GPU, noisy input and clean target with --denoise), validate on its share of the held-out
+split, sum the metrics over workers, checkpoint (rank 0 writes a bundle; all ranks report), then
+rank 0 appends to metrics.jsonl and writes the epoch's image grid. At the end rank 0 writes the
+final bundle to `<out>/model/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+
+from raeflow.data.noise import Noise, parse_noise
+from raeflow.models import create_model, save_bundle
+from raeflow.report.metrics import image_metrics
+from raeflow.train.checkpoints import TrainerState, read_checkpoint, write_checkpoint
+from raeflow.train.config import TrainConfig
+from raeflow.train.grids import write_grid
+from raeflow.train.metrics_log import MetricsLog
+from raeflow.train.plan import RunPlan
+
+FAIL_AT_ENV = "RAEFLOW_TEST_FAIL_AT"
+"""Test hook: `rank:R,step:S` makes rank R exit abruptly at global step S, once (see FAIL_MARKER_ENV)."""
+FAIL_MARKER_ENV = "RAEFLOW_TEST_FAIL_MARKER"
+"""Test hook: a file created when the failure fires, so a restarted worker group does not fail again."""
+MIN_LR_FACTOR = 0.1
+"""The cosine schedule ends at this fraction of --lr."""
+
+
+class WorkerRuntime(Protocol):
+    """Where the loop runs: which worker it is, where batches come from, where checkpoints go."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    node_id: str
+
+    def batches(self, split: str, epoch: int) -> Iterable[dict[str, Any]]:
+        """This worker's batches of one split for one epoch: `image` uint8 (N, C, H, W), `label` (N,)."""
+        ...
+
+    def latest_checkpoint(self) -> contextlib.AbstractContextManager[Path | None]:
+        """The latest checkpoint of this run as a local folder while the context lasts, or None."""
+        ...
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None:
+        """Hand over an epoch's metrics and, on rank 0 when due, its checkpoint folder (all ranks call)."""
+        ...
+
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model as training calls it (DistributedDataParallel across workers)."""
+        ...
+
+    def show(self, record: dict[str, Any]) -> None:
+        """Show one epoch's record to the user (rank 0 only calls it)."""
+        ...
+
+
+def lr_for_epoch(config: TrainConfig, epoch: int) -> float:
+    """Cosine schedule over epochs 1..config.epochs, from --lr down to MIN_LR_FACTOR * --lr."""
+    progress = (epoch - 1) / max(1, config.epochs - 1)
+    low = config.lr * MIN_LR_FACTOR
+    return low + 0.5 * (config.lr - low) * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _sum_over_workers(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum of `values` over all workers (identity in a single process)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _gather_from_workers(value: Any) -> list[Any]:
+    """`value` from every worker, in rank order (a one-item list in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, value)
+        return gathered
+    return [value]
+
+
+def _maybe_fail_for_test(rank: int, step: int) -> None:
+    """Exit abruptly when the test hook names this rank and step and has not fired before."""
+    spec = os.environ.get(FAIL_AT_ENV)
+    if not spec:
+        return
+    target = dict(part.split(":", 1) for part in spec.split(","))
+    marker = Path(os.environ.get(FAIL_MARKER_ENV, Path(tempfile.gettempdir()) / "raeflow-test-fail-marker"))
+    if int(target["rank"]) == rank and int(target["step"]) == step and not marker.exists():
+        marker.write_text(f"rank {rank} failed at step {step}\n")
+        os._exit(1)
+
+
+def _as_images(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch tensors on the device: images float (N, C, H, W) in [0, 1], labels int64 (N,)."""
+    images = torch.as_tensor(batch["image"]).to(device, non_blocking=True)
+    labels = torch.as_tensor(batch["label"]).to(device, non_blocking=True).long()
+    return images.float().div_(255.0), labels
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    # bf16 on GPU only: CPU autocast would slow the small convolutions down.
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class EpochRunner:
+    """Trains and validates one model for one worker, epoch by epoch."""
+
+    def __init__(self, config: TrainConfig, plan: RunPlan, runtime: WorkerRuntime):
+        self.config, self.plan, self.runtime = config, plan, runtime
+        torch.manual_seed(config.seed)  # same initial weights on every rank (DDP also broadcasts)
+        self.model = create_model(plan.model_name, **plan.model_args).to(runtime.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.noise: Noise | None = parse_noise(config.denoise) if config.denoise else None
+        self.state = TrainerState(epochs_done=0, step=0)
+        self.restored_from = 0
+        with runtime.latest_checkpoint() as checkpoint:
+            if checkpoint is not None:
+                self.state = read_checkpoint(checkpoint, self.model, self.optimizer)
+                self.restored_from = self.state.epochs_done
+        self.trained = runtime.wrap_model(self.model)
+
+    def _generator(self, salt: int) -> torch.Generator:
+        return torch.Generator(device=self.runtime.device).manual_seed(self.config.seed * 1_000_003 + salt)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One pass over this worker's training share; returns summed loss terms, images and seconds."""
+        self.trained.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_for_epoch(self.config, epoch)
+        noise_rng = self._generator(epoch * self.runtime.world_size + self.runtime.rank)
+        loss_sum, num_images, start = 0.0, 0, time.perf_counter()
+        for batch in self.runtime.batches("train", epoch):
+            clean, labels = _as_images(batch, self.runtime.device)  # (N, C, H, W)
+            inputs = self.noise(clean, generator=noise_rng) if self.noise else clean
+            with _autocast(self.runtime.device):
+                out = self.trained(inputs, labels)
+            out = {name: value.float() for name, value in out.items()}
+            losses = self.model.loss(clean, out, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            self.optimizer.step()
+            self.state.step += 1
+            loss_sum += float(losses["loss"].detach()) * len(clean)
+            num_images += len(clean)
+            _maybe_fail_for_test(self.runtime.rank, self.state.step)
+        return {"loss_sum": loss_sum, "images": num_images, "seconds": time.perf_counter() - start}
+
+    @torch.no_grad()
+    def validate(self) -> tuple[dict[str, float], list[torch.Tensor]]:
+        """Summed validation metrics of this worker's share, and grid rows from its first batch."""
+        self.model.eval()
+        noise_rng = self._generator(10_007 + self.runtime.rank)  # the same noisy inputs every epoch
+        sums = {"loss": 0.0, "psnr": 0.0, "ssim": 0.0, "noisy_psnr": 0.0, "images": 0.0}
+        grid_rows: list[torch.Tensor] = []
+        for batch in self.runtime.batches("val", 0):
+            clean, labels = _as_images(batch, self.runtime.device)
+            inputs = self.noise(clean, generator=noise_rng) if self.noise else clean
+            with _autocast(self.runtime.device):
+                out = self.model(inputs, labels)
+            out = {name: value.float() for name, value in out.items()}
+            recon = out["recon"].clamp(0, 1)
+            scores = image_metrics(clean, recon)  # each (N,)
+            sums["loss"] += float(self.model.loss(clean, out, labels)["loss"]) * len(clean)
+            sums["psnr"] += float(scores["psnr"].sum())
+            sums["ssim"] += float(scores["ssim"].sum())
+            if self.noise:
+                sums["noisy_psnr"] += float(image_metrics(clean, inputs)["psnr"].sum())
+            sums["images"] += len(clean)
+            if not grid_rows:
+                grid_rows = self._grid_rows(clean, inputs, recon, labels)
+        return sums, grid_rows
+
+    def _grid_rows(
+        self, clean: torch.Tensor, inputs: torch.Tensor, recon: torch.Tensor, labels: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Originals / noisy inputs / reconstructions (/ samples from the prior for VAEs)."""
+        n = self.config.grid_images
+        rows = [clean[:n]] + ([inputs[:n]] if self.noise else []) + [recon[:n]]
+        if self.model.generative:
+            y = labels[:n] if self.model.conditional else None
+            rows.append(self.model.sample(len(clean[:n]), y=y, generator=self._generator(99_991)))
+        return [row.detach().cpu() for row in rows]
+
+    def training_record(self, epochs_done: int) -> dict[str, Any]:
+        """What the bundle says about how it was trained."""
+        return {
+            "data": self.config.data,
+            "epochs": epochs_done,
+            "noise": self.config.denoise or "none",
+            "image_size": [self.plan.height, self.plan.width],
+            "channels": self.plan.channels,
+            "workers": self.runtime.world_size,
+            "batch_size": self.config.batch_size,
+            "limit": self.config.limit,
+            "val_fraction": self.config.val_fraction,
+        }
+
+
+def train_worker(config: TrainConfig, plan: RunPlan, runtime: WorkerRuntime) -> dict[str, Any]:
+    """Run (or continue) training on this worker up to `config.epochs`; returns the last epoch's record."""
+    runner = EpochRunner(config, plan, runtime)
+    log = MetricsLog(config.out)
+    node_ids = _gather_from_workers(runtime.node_id)
+    if runtime.rank == 0:
+        log.keep_epochs_up_to(runner.state.epochs_done)
+    previous = log.read() if runtime.rank == 0 else []
+    record: dict[str, Any] = previous[-1] if previous else {}
+    for epoch in range(runner.state.epochs_done + 1, config.epochs + 1):
+        train = runner.train_epoch(epoch)
+        val, grid_rows = runner.validate()
+        per_rank_images = _gather_from_workers(int(train["images"]))
+        loss_sum, num_images, val_loss, psnr, ssim, noisy, num_val = _sum_over_workers(
+            [
+                train["loss_sum"],
+                train["images"],
+                val["loss"],
+                val["psnr"],
+                val["ssim"],
+                val["noisy_psnr"],
+                val["images"],
+            ],
+            runtime.device,
+        )
+        seconds = max(_gather_from_workers(train["seconds"]))
+        record = {
+            "epoch": epoch,
+            "epochs": config.epochs,
+            "train_loss": loss_sum / max(1.0, num_images),
+            "val_loss": val_loss / max(1.0, num_val),
+            "val_psnr": psnr / max(1.0, num_val),
+            "val_ssim": ssim / max(1.0, num_val),
+            "images_per_s": num_images / max(seconds, 1e-9),
+            "train_images": int(num_images),
+            "val_images": int(num_val),
+            "lr": lr_for_epoch(config, epoch),
+            "step": runner.state.step,
+            "workers": runtime.world_size,
+            "rank_train_images": per_rank_images,
+            "node_ids": node_ids,
+            "restored_from_epoch": runner.restored_from,
+        }
+        if config.denoise:
+            record["val_noisy_psnr"] = noisy / max(1.0, num_val)
+        runner.state.epochs_done = epoch
+        if runner.state.best_val_loss is None or record["val_loss"] < runner.state.best_val_loss:
+            runner.state.best_val_loss = record["val_loss"]
+        if runtime.rank == 0:
+            # Before the checkpoint: a run restarted from an earlier checkpoint drops this line again.
+            log.append(record)
+            if grid_rows:
+                write_grid(grid_rows, f"{config.out.rstrip('/')}/grids/epoch-{epoch:04d}.png")
+            runtime.show(record)
+        due = epoch % config.checkpoint_every == 0 or epoch == config.epochs
+        with tempfile.TemporaryDirectory(prefix="raeflow-ckpt-") as tmp:
+            checkpoint_dir = None
+            if due and runtime.rank == 0:
+                checkpoint_dir = write_checkpoint(
+                    Path(tmp) / "checkpoint",
+                    runner.model,
+                    runner.optimizer,
+                    runner.state,
+                    training=runner.training_record(epoch),
+                    metrics=record,
+                    settings=config.to_dict(),
+                )
+            runtime.report(record, checkpoint_dir, epoch)
+    if runtime.rank == 0:
+        save_bundle(
+            runner.model,
+            f"{config.out.rstrip('/')}/model",
+            training=runner.training_record(runner.state.epochs_done),
+            metrics=record,
+            settings=config.to_dict(),
+        )
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m raeflow.train.loop ...`: train in this process, no Ray (see raeflow.train.plain)."""
+    from raeflow.train.plain import main as plain_main
+
+    plain_main(argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""`raeflow train`: the per-worker loop (`loop.py`) run by a `ray.train.torch.TorchTrainer`.
+
+    summary = run_training(TrainConfig(data="builtin:mnist", model="conv", out="runs/mnist"))
+
+The driver reads one image to plan the run (`plan.py`), builds two streaming Ray Data datasets
+(training and validation split, decoded to the model's size in map tasks) that Ray Train splits
+across the workers, and starts the trainer with the run's storage at `<out>/checkpoints/`
+(`RunConfig(storage_path=<out>, name="checkpoints")`). Running the same command into the same
+`--out` again continues from the latest checkpoint there; `--max-failures K` restarts a worker
+group that lost a worker from its latest checkpoint. While the trainer runs, the driver prints
+each epoch's line as rank 0 adds it to `<out>/metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.data import ExecutionOptions
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+
+from raeflow.data.dataset import read_dataset
+from raeflow.data.sources import open_source
+from raeflow.errors import ConfigError, JobError
+from raeflow.models.bundle import read_bundle_meta
+from raeflow.train.batches import DecodeForTraining
+from raeflow.train.config import TrainConfig
+from raeflow.train.loop import FAIL_AT_ENV, FAIL_MARKER_ENV, train_worker
+from raeflow.train.metrics_log import MetricsLog, format_epoch
+from raeflow.train.plain import CHECKPOINTS_DIR, checkpoint_name
+from raeflow.train.plan import RunPlan, plan_run
+
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+"""Ray Train's record of a run's checkpoints; its presence in `<out>/checkpoints/` means resumable."""
+DECODE_BATCH_ROWS = 256
+"""Rows per Ray Data decode task batch."""
+
+
+@dataclass
+class TrainSummary:
+    """What a finished run reports: where things are and how it ended."""
+
+    out: str
+    """The run's output URI."""
+    bundle: str
+    """URI of the final model bundle (`<out>/model`)."""
+    epochs: int
+    """Epochs the final model has been trained for."""
+    resumed_from: int
+    """Epochs already done when this command started (0 for a fresh run)."""
+    seconds: float
+    """Wall time of this command's training."""
+    last: dict[str, Any] = field(default_factory=dict)
+    """The last epoch's metrics record."""
+
+
+class RayRuntime:
+    """`WorkerRuntime` of a Ray Train worker: dataset shards, Ray checkpoints, DDP."""
+
+    def __init__(self, config: TrainConfig):
+        context = ray.train.get_context()
+        self.config = config
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.node_id = ray.get_runtime_context().get_node_id()
+
+    def batches(self, split: str, epoch: int) -> Iterable[dict[str, Any]]:
+        shuffle = split == "train"
+        return ray.train.get_dataset_shard(split).iter_torch_batches(
+            batch_size=self.config.batch_size,
+            local_shuffle_buffer_size=self.config.batch_size * 4 if shuffle else None,
+            local_shuffle_seed=self.config.seed * 7919 + epoch * 131 + self.rank if shuffle else None,
+            device=self.device,
+        )
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield Path(directory)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name(epoch))
+
+    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return ray.train.torch.prepare_model(model)
+
+    def show(self, record: dict[str, Any]) -> None:
+        pass  # the driver prints records from metrics.jsonl
+
+
+def _train_fn_per_worker(loop_config: dict[str, Any]) -> None:
+    """Entry point of every Ray Train worker."""
+    config: TrainConfig = loop_config["config"]
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
+    train_worker(config, loop_config["plan"], RayRuntime(config))
+
+
+def _storage(out: str) -> tuple[str, Any]:
+    """`RunConfig` storage path and filesystem for an output URI (buckets go through fsspec)."""
+    fs, path = fsspec.core.url_to_fs(out)
+    if fs.protocol in ("file", "local") or "file" in fs.protocol:
+        return os.path.abspath(path), None
+    import pyarrow.fs
+
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def has_checkpoint(out: str) -> bool:
+    """Whether `--out` holds a Ray Train run that can be resumed."""
+    fs, path = fsspec.core.url_to_fs(f"{out.rstrip('/')}/{CHECKPOINTS_DIR}/{SNAPSHOT_FILE}")
+    return fs.exists(path)
+
+
+def build_datasets(config: TrainConfig, source, plan: RunPlan) -> dict[str, ray.data.Dataset]:
+    """Streaming training and validation datasets: read shards, keep the split, decode to the plan's size."""
+    rows = read_dataset(source)
+    if config.limit is not None:
+        rows = rows.limit(config.limit)
+    datasets = {}
+    for split in ("train", "val"):
+        decode = DecodeForTraining(
+            split=split,
+            channels=plan.channels,
+            height=plan.height,
+            width=plan.width,
+            val_fraction=config.val_fraction,
+        )
+        datasets[split] = rows.map_batches(decode, batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
+    return datasets
+
+
+def _connect(config: TrainConfig) -> None:
+    """Join the Ray named by --address / RAY_ADDRESS, or start a local one with room for the data tasks."""
+    if ray.is_initialized():
+        return
+    address = config.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        # Each worker holds one CPU; leave at least two for the Ray Data decode tasks.
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, config.workers + 2),
+            include_dashboard=False,
+            log_to_driver=False,
+        )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+class _EpochPrinter:
+    """Prints new records of metrics.jsonl while training runs (a background thread of the driver)."""
+
+    def __init__(self, log: MetricsLog, echo):
+        self.log, self.echo = log, echo
+        self.seen = {(r.get("epoch"), r.get("restored_from_epoch")) for r in log.read()}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _print_new(self) -> None:
+        with contextlib.suppress(Exception):  # a half-written file is read again next time
+            for record in self.log.read():
+                key = (record.get("epoch"), record.get("restored_from_epoch"))
+                if key not in self.seen:
+                    self.seen.add(key)
+                    self.echo(format_epoch(record))
+
+    def _run(self) -> None:
+        while not self.stop.wait(1.0):
+            self._print_new()
+
+    def __enter__(self) -> _EpochPrinter:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._print_new()
+
+
+def _failure_line(err: Exception) -> str:
+    """The most telling line of a Ray Train failure, for a one-line error."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if any(word in line for word in ("Error", "died", "exited", "Exception")) and "Traceback" not in line:
+            return line[:300]
+    return (lines[-1] if lines else type(err).__name__)[:300]
+
+
+def run_training(config: TrainConfig, echo=print) -> TrainSummary:
+    """Train (or continue training) as `config` says on Ray Train; returns where the bundle is."""
+    config.validate()
+    source = open_source(
+        config.data, config.format, image_column=config.image_column, storage_options=config.storage_options
+    )
+    plan = plan_run(config, source)
+    resumable = has_checkpoint(config.out)
+    if config.resume and not resumable:
+        raise ConfigError(
+            f"--resume: {config.out} holds no checkpoint to continue from; drop --resume to start"
+        )
+    log = MetricsLog(config.out)
+    previous = [r["epoch"] for r in log.read()] if resumable else []
+    _connect(config)
+    storage_path, storage_fs = _storage(config.out)
+    test_env = {name: os.environ[name] for name in (FAIL_AT_ENV, FAIL_MARKER_ENV) if name in os.environ}
+    trainer = ray.train.torch.TorchTrainer(
+        _train_fn_per_worker,
+        train_loop_config={"config": config, "plan": plan},
+        scaling_config=ScalingConfig(
+            num_workers=config.workers, use_gpu=config.gpu, placement_strategy=config.placement.upper()
+        ),
+        run_config=RunConfig(
+            name=CHECKPOINTS_DIR,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
+            worker_runtime_env={"env_vars": test_env} if test_env else None,
+        ),
+        datasets=build_datasets(config, source, plan),
+        # --limit takes the first N rows in source order, so the same images every epoch and rerun.
+        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True))
+        if config.limit
+        else None,
+    )
+    resumed_from = max(previous, default=0)
+    if resumed_from:
+        echo(f"continuing the run in {config.out} after epoch {resumed_from}")
+    start = time.perf_counter()
+    try:
+        with _EpochPrinter(log, echo):
+            trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        done = max((r["epoch"] for r in log.read()), default=0)
+        raise JobError(
+            f"training failed ({_failure_line(err)}); rerun the same command to continue from the "
+            f"latest checkpoint in {config.out} (metrics recorded up to epoch {done}), "
+            "or raise --max-failures to retry automatically"
+        ) from None
+    bundle = f"{config.out.rstrip('/')}/model"
+    meta = read_bundle_meta(bundle)
+    records = log.read()
+    return TrainSummary(
+        out=config.out,
+        bundle=bundle,
+        epochs=int(meta.get("training", {}).get("epochs", 0)),
+        resumed_from=resumed_from,
+        seconds=time.perf_counter() - start,
+        last=records[-1] if records else {},
+    )
