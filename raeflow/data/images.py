@@ -117,9 +117,14 @@ def to_channels(pixels: np.ndarray, channels: int | None = None) -> np.ndarray:
         return np.ascontiguousarray(pixels)
     if channels == 3:  # grey -> RGB
         return np.ascontiguousarray(np.repeat(pixels, 3, axis=2))
-    rgb = pixels.astype(np.uint32)  # RGB -> grey, ITU-R 601-2 luma as Pillow's "L"
-    grey = (rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114 + 500) // 1000
-    return grey.astype(np.uint8)[:, :, None]
+    # RGB -> grey with the ITU-R 601-2 luma weights in 8-bit fixed point (77, 150, 29)/256:
+    # within 1 of Pillow's "L", and the sums fit in uint16, which halves the memory traffic.
+    rgb = pixels.astype(np.uint16)
+    grey = rgb[..., 0] * 77
+    grey += rgb[..., 1] * 150
+    grey += rgb[..., 2] * 29
+    grey += 128
+    return (grey >> 8).astype(np.uint8)[:, :, None]
 
 
 def encode_raw(pixels: np.ndarray) -> bytes:
