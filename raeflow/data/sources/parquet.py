@@ -122,28 +122,35 @@ class ParquetSource(Source):
 def _rows(
     batch: pa.RecordBatch, image_column: str, has_key: bool, has_label: bool, uri: str, stem: str, first: int
 ) -> pa.Table:
-    """One batch of a file as `ROW_SCHEMA` rows."""
+    """One batch of a file as `ROW_SCHEMA` rows; image bytes stay in Arrow (no per-row copies)."""
     count = batch.num_rows
-    images_array = batch.column(image_column)
-    if pa.types.is_struct(images_array.type):  # Hugging Face `Image` feature: {bytes, path}
-        images_array = images_array.field("bytes")
-    images = images_array.to_pylist()
-    keys = pc.cast(batch.column("key"), pa.string()).to_pylist() if has_key else [None] * count
-    keys = [k if k is not None else f"{stem}/{first + i}" for i, k in enumerate(keys)]
-    statuses = batch.column("status").to_pylist() if "status" in batch.schema.names else [None] * count
-    messages = (
-        batch.column("error_message").to_pylist() if "error_message" in batch.schema.names else [None] * count
-    )
-    errors: list[str | None] = []
-    for i, data in enumerate(images):
-        if data:
-            errors.append(None)
-            continue
-        why = "; ".join(str(s) for s in (statuses[i], messages[i]) if s)
-        errors.append(f"empty: no bytes in column {image_column!r}" + (f" ({why})" if why else ""))
-        images[i] = b""
+    images = batch.column(image_column)
+    if pa.types.is_struct(images.type):  # Hugging Face `Image` feature: {bytes, path}
+        images = images.field("bytes")
+    images = pc.cast(images, pa.binary())
+    missing = pc.fill_null(pc.equal(pc.binary_length(images), 0), True).to_numpy(zero_copy_only=False)
+    errors: list[str | None] = [None] * count
+    if missing.any():
+        names = batch.schema.names
+        statuses = batch.column("status").to_pylist() if "status" in names else [None] * count
+        messages = batch.column("error_message").to_pylist() if "error_message" in names else [None] * count
+        for i in missing.nonzero()[0]:
+            why = "; ".join(str(s) for s in (statuses[i], messages[i]) if s)
+            errors[i] = f"empty: no bytes in column {image_column!r}" + (f" ({why})" if why else "")
+        images = pc.fill_null(images, b"")
+    if has_key and batch.column("key").null_count == 0:
+        keys: pa.Array | list[str] = pc.cast(batch.column("key"), pa.string())
+    else:
+        given = pc.cast(batch.column("key"), pa.string()).to_pylist() if has_key else [None] * count
+        keys = [k if k is not None else f"{stem}/{first + i}" for i, k in enumerate(given)]
     labels = pc.cast(batch.column("label"), pa.int64()) if has_label else pa.nulls(count, pa.int64())
     return pa.table(
-        {"key": keys, "source": [uri] * count, "image": images, "label": labels, "error": errors},
+        {
+            "key": keys,
+            "source": pa.repeat(pa.scalar(uri), count),
+            "image": images,
+            "label": labels,
+            "error": errors,
+        },
         schema=ROW_SCHEMA,
     )
