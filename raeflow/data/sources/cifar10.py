@@ -29,7 +29,7 @@ from fsspec import AbstractFileSystem
 from raeflow.data.images import encode_raw
 from raeflow.data.sources.base import Shard, Source
 from raeflow.data.sources.location import filesystem, to_uri
-from raeflow.data.sources.published import row_table
+from raeflow.data.sources.published import files_in, row_table
 from raeflow.data.sources.safe_pickle import load_batch
 from raeflow.errors import SourceError
 
@@ -38,21 +38,18 @@ _TRAIN = re.compile(r"^data_batch_(\d+)$")
 SIDE = 32
 
 
-def _batch_folder(fs: AbstractFileSystem, root: str) -> str | None:
+def _batch_files(fs: AbstractFileSystem, root: str) -> list[tuple[str, str]] | None:
+    """(split, path) of every batch file, train batches in numeric order then the test batch, from
+    `root` or `root/cifar-10-batches-py`; None when neither holds any."""
     for folder in (root, f"{root}/{FOLDER}"):
-        if fs.isfile(f"{folder}/test_batch") or fs.isfile(f"{folder}/data_batch_1"):
-            return folder
+        names = files_in(fs, folder)
+        train = sorted((int(m.group(1)), name) for name in names if (m := _TRAIN.match(name)))
+        batches = [("train", names[name]) for _, name in train]
+        if "test_batch" in names:
+            batches.append(("test", names["test_batch"]))
+        if batches:
+            return batches
     return None
-
-
-def _batch_files(fs: AbstractFileSystem, folder: str) -> list[tuple[str, str]]:
-    """(split, path) of every batch file, train batches in numeric order, then the test batch."""
-    names = {p.rstrip("/").rsplit("/", 1)[-1]: p for p in fs.ls(folder, detail=False)}
-    train = sorted((int(m.group(1)), name) for name in names if (m := _TRAIN.match(name)))
-    files = [("train", names[name]) for _, name in train]
-    if "test_batch" in names:
-        files.append(("test", names["test_batch"]))
-    return files
 
 
 def batch_arrays(batch: dict[bytes, Any], *, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -84,12 +81,12 @@ class Cifar10Source(Source):
     @classmethod
     def sniff(cls, fs: AbstractFileSystem, path: str) -> bool:
         """True when `path` (or its `cifar-10-batches-py/`) holds CIFAR python batch files."""
-        return _batch_folder(fs, path.rstrip("/")) is not None
+        return _batch_files(fs, path.rstrip("/")) is not None
 
     def list_shards(self) -> list[Shard]:
         fs, root = filesystem(self.uri, self.storage_options)
-        folder = _batch_folder(fs, root)
-        if folder is None:
+        batches = _batch_files(fs, root)
+        if batches is None:
             raise SourceError(
                 f"no CIFAR-10 batches under {self.uri}: expected {FOLDER}/data_batch_1..5 and "
                 f"{FOLDER}/test_batch (the python version, cifar-10-python.tar.gz, extracted); put "
@@ -97,7 +94,7 @@ class Cifar10Source(Source):
             )
         shards: list[Shard] = []
         offsets = {"train": 0, "test": 0}
-        for split, path in _batch_files(fs, folder):
+        for split, path in batches:
             uri = to_uri(fs, path)
             pixels, _ = batch_arrays(load_batch(fs.cat_file(path), name=uri), name=uri)
             count = len(pixels)

@@ -26,6 +26,7 @@ from raeflow.data.images import encode_raw
 from raeflow.data.sources.base import Shard, Source
 from raeflow.data.sources.location import filesystem, to_uri
 from raeflow.data.sources.published import (
+    files_in,
     find_file,
     read_head,
     read_record_range,
@@ -79,17 +80,18 @@ class MnistSource(Source):
     @classmethod
     def sniff(cls, fs: AbstractFileSystem, path: str) -> bool:
         """True when `path` is a folder holding MNIST idx image files."""
-        folder = path.rstrip("/")
-        return any(find_file(fs, folder, _names(prefix, "images", 3)) for prefix in SPLITS)
+        files = files_in(fs, path.rstrip("/"))
+        return any(find_file(files, _names(prefix, "images", 3)) for prefix in SPLITS)
 
     def list_shards(self) -> list[Shard]:
         fs, root = filesystem(self.uri, self.storage_options)
         shards: list[Shard] = []
+        files = files_in(fs, root)
         for prefix, split in SPLITS.items():
-            images = find_file(fs, root, _names(prefix, "images", 3))
+            images = find_file(files, _names(prefix, "images", 3))
             if images is None:
                 continue
-            labels = find_file(fs, root, _names(prefix, "labels", 1))
+            labels = find_file(files, _names(prefix, "labels", 1))
             num_rows, height, width = self._image_dims(fs, images)
             if labels is not None:
                 (num_labels,) = parse_idx_header(

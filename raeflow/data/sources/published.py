@@ -17,13 +17,20 @@ import pyarrow as pa
 from raeflow.data.sources.base import ROW_SCHEMA
 
 
-def find_file(fs: fsspec.AbstractFileSystem, folder: str, names: Sequence[str]) -> str | None:
-    """The path of the first of `names` that exists as a file in `folder`, else None."""
-    for name in names:
-        path = f"{folder}/{name}"
-        if fs.isfile(path):
-            return path
-    return None
+def files_in(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, str]:
+    """File name -> path of the files directly in `folder` (one listing; empty if not a folder)."""
+    if not fs.isdir(folder):
+        return {}
+    return {
+        entry["name"].rstrip("/").rsplit("/", 1)[-1]: entry["name"]
+        for entry in fs.ls(folder, detail=True)
+        if entry.get("type") == "file"
+    }
+
+
+def find_file(files: dict[str, str], names: Sequence[str]) -> str | None:
+    """The path of the first of `names` present in `files` (from `files_in`), else None."""
+    return next((files[name] for name in names if name in files), None)
 
 
 def row_table(

@@ -26,7 +26,7 @@ from fsspec import AbstractFileSystem
 from raeflow.data.images import encode_raw
 from raeflow.data.sources.base import Shard, Source
 from raeflow.data.sources.location import filesystem, to_uri
-from raeflow.data.sources.published import read_record_range, row_ranges, row_table
+from raeflow.data.sources.published import files_in, read_record_range, row_ranges, row_table
 from raeflow.errors import SourceError
 
 FOLDER = "stl10_binary"
@@ -35,10 +35,12 @@ SIDE = 96
 RECORD_BYTES = 3 * SIDE * SIDE
 
 
-def _data_folder(fs: AbstractFileSystem, root: str) -> str | None:
+def _data_files(fs: AbstractFileSystem, root: str) -> dict[str, str] | None:
+    """Name -> path of the files in `root` or `root/stl10_binary`, whichever holds `*_X.bin` files."""
     for folder in (root, f"{root}/{FOLDER}"):
-        if any(fs.isfile(f"{folder}/{split}_X.bin") for split in SPLITS):
-            return folder
+        files = files_in(fs, folder)
+        if any(f"{split}_X.bin" in files for split in SPLITS):
+            return files
     return None
 
 
@@ -67,12 +69,12 @@ class Stl10Source(Source):
     @classmethod
     def sniff(cls, fs: AbstractFileSystem, path: str) -> bool:
         """True when `path` (or its `stl10_binary/`) holds STL-10 `*_X.bin` files."""
-        return _data_folder(fs, path.rstrip("/")) is not None
+        return _data_files(fs, path.rstrip("/")) is not None
 
     def list_shards(self) -> list[Shard]:
         fs, root = filesystem(self.uri, self.storage_options)
-        folder = _data_folder(fs, root)
-        if folder is None:
+        files = _data_files(fs, root)
+        if files is None:
             raise SourceError(
                 f"no STL-10 binaries under {self.uri}: expected {FOLDER}/train_X.bin with train_y.bin, "
                 "test_X.bin with test_y.bin and/or unlabeled_X.bin (stl10_binary.tar.gz, extracted); "
@@ -80,14 +82,14 @@ class Stl10Source(Source):
             )
         shards: list[Shard] = []
         for split in SPLITS:
-            images = f"{folder}/{split}_X.bin"
-            if not fs.isfile(images):
+            images = files.get(f"{split}_X.bin")
+            if images is None:
                 continue
             size = fs.size(images)
             num_rows = -(-size // RECORD_BYTES)  # a partial last record is listed and reported truncated
             paths: tuple[str, ...] = (to_uri(fs, images),)
-            labels = f"{folder}/{split}_y.bin"
-            if split != "unlabeled" and fs.isfile(labels):
+            labels = files.get(f"{split}_y.bin")
+            if split != "unlabeled" and labels is not None:
                 if fs.size(labels) != num_rows:
                     raise SourceError(
                         f"{to_uri(fs, labels)} has {fs.size(labels)} labels but {paths[0]} holds "
