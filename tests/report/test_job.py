@@ -23,7 +23,7 @@ from raeflow.report.job import run_report
 pytestmark = pytest.mark.usefixtures("ray_session")
 
 
-def _config(bundle: str, out: Path, **overrides) -> ReportConfig:
+def _config(bundle: str, out: Path | str, **overrides) -> ReportConfig:
     settings = dict(
         data="builtin:digits",
         model=bundle,
@@ -171,3 +171,17 @@ def test_user_mistakes_are_one_line_errors(digits_bundle: str, tmp_path: Path) -
     no_model = CliRunner().invoke(main, [*base, "--model", str(tmp_path / "nothing")])
     assert no_model.exit_code == 2 and no_model.output.startswith("error: ")
     assert "Traceback" not in bad_noise.output + no_model.output
+
+
+def test_report_into_a_bucket(digits_bundle: str, s3_bucket: str) -> None:
+    import s3fs
+
+    out = f"{s3_bucket}/reports/digits"
+    result = run_report(_config(digits_bundle, out, tsne=False, limit=50, noise=None))
+    assert result.job.images_out == 50
+    fs = s3fs.S3FileSystem()
+    with fs.open(f"{out}/metrics.parquet", "rb") as handle:
+        assert pq.read_table(handle).num_rows == 50
+    assert json.loads(fs.cat_file(f"{out}/summary.json"))["counts"]["rows_out"] == 50
+    html = fs.cat_file(f"{out}/report.html").decode()
+    assert html.count("data:image/png;base64,") == 3 and fs.exists(f"{out}/_SUCCESS")

@@ -94,3 +94,33 @@ def test_unknown_noise_is_a_user_error(digits_bundle: str) -> None:
 
     with pytest.raises(ConfigError, match="noise"):
         ReportPredictor(digits_bundle, noise="fog:0.3")
+
+
+def test_fully_convolutional_model_scores_each_size_and_skips_embeddings(tmp_path) -> None:
+    from skimage import data as skdata
+
+    from raeflow.batch.decoding import DecodeSpec, decode_rows
+    from raeflow.data import images
+    from raeflow.models import create_model, save_bundle
+
+    bundle = save_bundle(
+        create_model("unet", in_channels=1, base_channels=4, depth=2), str(tmp_path / "unet")
+    )
+    camera = skdata.camera()
+    crops = [camera[:40, :50, None], camera[100:124, 100:124, None], camera[200:240, :50, None]]
+    rows = pa.table(
+        {
+            "key": ["a", "b", "c"],
+            "source": ["camera"] * 3,
+            "image": [images.encode_raw(c) for c in crops],
+            "label": pa.nulls(3, pa.int64()),
+            "error": pa.nulls(3, pa.string()),
+            "shard": pa.array([0, 0, 0], pa.int64()),
+        }
+    )
+    table = ReportPredictor(bundle, noise="gaussian:0.1", map_size=10)(
+        decode_rows(rows, DecodeSpec(channels=1))
+    )
+    assert table.column("reason").to_pylist() == [None] * 3
+    assert np.all(np.isfinite(_column(table, "psnr"))) and np.all(np.isfinite(_column(table, "ssim")))
+    assert table.column("embedding").to_pylist() == [None] * 3  # codes of any-size models vary in length
