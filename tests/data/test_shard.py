@@ -25,7 +25,7 @@ from raeflow.data.images import decode_image, encode_raw
 from raeflow.data.shard_writer import ShardSettings, pack_source
 from raeflow.data.sources import detect_kind, open_source
 from raeflow.data.sources.base import ROW_SCHEMA, Shard, Source
-from raeflow.errors import ConfigError
+from raeflow.errors import ConfigError, SourceError
 
 
 def write_mnist(folder: Path, digits: tuple[np.ndarray, np.ndarray], num_train: int, num_test: int) -> None:
@@ -262,3 +262,37 @@ def test_shards_read_back_as_a_raeflow_source(
     ]
     assert table.column("label").to_pylist() == mnist_digits[1][:270].tolist()
     np.testing.assert_array_equal(decode_image(table.column("image")[7].as_py())[:, :, 0], mnist_digits[0][7])
+
+
+class _FailingSource(_CraftedSource):
+    """Many good shards, then one whose file vanished: the run must stop, not hang or half-index."""
+
+    def list_shards(self) -> list[Shard]:
+        return [Shard(index=i, name=f"s{i}", paths=(f"x{i}",)) for i in range(12)]
+
+    def read_shard(self, shard: Shard, *, batch_rows: int = 256) -> Iterator[pa.Table]:
+        if shard.index == 5:
+            raise SourceError("x5 disappeared")
+        image = encode_raw(np.full((4, 4, 1), shard.index, dtype=np.uint8))
+        for b in range(6):  # more batches than a read-ahead queue holds
+            yield pa.Table.from_pydict(
+                {
+                    "key": [f"s{shard.index}/{b}"],
+                    "source": ["x"],
+                    "image": [image],
+                    "label": [None],
+                    "error": [None],
+                },
+                schema=ROW_SCHEMA,
+            )
+
+
+def test_a_source_failure_stops_the_run_without_an_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shard_writer, "open_source", lambda uri, fmt, image_column=None: _FailingSource(uri))
+    out = tmp_path / "out"
+    with pytest.raises(SourceError, match="x5 disappeared"):
+        pack_source(ShardSettings(source=str(tmp_path / "src"), out=str(out), shard_size=6, read_ahead=3))
+    assert not (out / "_index.json").exists()
+    assert (out / "shard-00004.parquet").exists()  # shards before the failure were finished
