@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import shlex
@@ -112,6 +113,8 @@ class ClusterClient:
         self.token = token if token is not None else find_token()
         headers = self.token.http_headers() if self.token else {}
         from ray.job_submission import JobSubmissionClient
+
+        _quiet_ray_client_logs()  # after importing ray, which sets up its loggers
 
         with self._answers():
             self._client = JobSubmissionClient(self.address, headers=headers)
@@ -215,6 +218,14 @@ def raise_unless_succeeded(job_id: str, info: Any) -> None:
     lines = [line.strip() for line in message.splitlines()[1:] if line.strip()]
     detail = f": {lines[-1]}" if lines else ""
     raise JobError(f"job {job_id} {str(info.status).lower()} ({reason}){detail}")
+
+
+def _quiet_ray_client_logs() -> None:
+    """Keep Ray's client-side INFO lines (packaging, websocket) out of raeflow's output."""
+    for name in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # It warns that .git and .venv are not uploaded, which is what raeflow wants anyway.
+    logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
 
 
 def _first_line(text: str) -> str:
