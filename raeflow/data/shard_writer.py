@@ -256,7 +256,8 @@ def iter_report_lines(report: ShardReport) -> Iterator[str]:
     rate = report.num_rows / report.seconds if report.seconds > 0 else 0.0
     yield (
         f"packed {report.num_rows:,} images from a {report.source_kind} source into {len(report.shards)} "
-        f"{report.format} shards in {report.seconds:.1f}s ({rate:,.0f} images/s)"
+        f"{report.format} shard{'' if len(report.shards) == 1 else 's'} in {report.seconds:.1f}s "
+        f"({rate:,.0f} images/s)"
     )
     yield f"output: {report.out}  (index: {report.out.rstrip('/')}/{INDEX_NAME})"
     if report.num_rejected:
