@@ -55,7 +55,7 @@ class _HashingFile(io.RawIOBase):
 
 
 class ShardFile:
-    """One output shard being written: `add` rows, then `close` for (rows, bytes, sha256)."""
+    """One output shard being written to `stream` (which it closes): `add` rows, then `close`."""
 
     extension = ""
 
@@ -69,7 +69,8 @@ class ShardFile:
         raise NotImplementedError
 
     def close(self) -> tuple[int, int, str]:
-        """Finish the file; returns (rows, bytes, sha256 hex)."""
+        """Finish and close the file; returns (rows, bytes, sha256 hex)."""
+        self.file.target.close()
         return self.num_rows, self.file.size, self.file.sha256.hexdigest()
 
 

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from raeflow import __version__
 from raeflow.data.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image, encode_image, probe_image
-from raeflow.data.shard_formats import SHARD_FILES
+from raeflow.data.shard_formats import SHARD_FILES, ShardFile
 from raeflow.data.shard_reading import ordered_batches
 from raeflow.data.sources import Source, open_source
 from raeflow.data.sources.location import filesystem, to_uri
@@ -169,7 +169,8 @@ def pack_source(settings: ShardSettings, *, progress: Callable[[str], None] | No
     seen: set[str] = set()
     rejected: dict[str, list[str]] = {name: [] for name in REJECTED_SCHEMA.names}
     reasons: Counter[str] = Counter()
-    writer, stream = None, None
+    writer: ShardFile | None = None
+    shard_name = ""
     for rows in ordered_batches(source, shards, lambda b: _prepare(b, settings), settings.read_ahead):
         for row in rows:
             reason = row.reason
@@ -184,14 +185,13 @@ def pack_source(settings: ShardSettings, *, progress: Callable[[str], None] | No
             seen.add(row.key)
             if writer is None:
                 shard_name = f"shard-{len(report.shards):05d}.{writer_cls.extension}"
-                stream = fs.open(f"{out}/{shard_name}", "wb")
-                writer = writer_cls(stream, source=settings.source)
+                writer = writer_cls(fs.open(f"{out}/{shard_name}", "wb"), source=settings.source)
             writer.add(row.key, row.image, row.fmt, row.label)
             if writer.num_rows == settings.shard_size:
-                _finish(report, writer, stream, shard_name, progress)
+                _finish(report, writer, shard_name, progress)
                 writer = None
     if writer is not None:
-        _finish(report, writer, stream, shard_name, progress)
+        _finish(report, writer, shard_name, progress)
 
     fs.makedirs(f"{out}/{REJECTED_NAME.rsplit('/', 1)[0]}", exist_ok=True)
     with fs.open(f"{out}/{REJECTED_NAME}", "wb") as f:
@@ -204,9 +204,10 @@ def pack_source(settings: ShardSettings, *, progress: Callable[[str], None] | No
     return report
 
 
-def _finish(report: ShardReport, writer, stream, name: str, progress: Callable[[str], None] | None) -> None:
+def _finish(
+    report: ShardReport, writer: ShardFile, name: str, progress: Callable[[str], None] | None
+) -> None:
     rows, size, sha256 = writer.close()
-    stream.close()
     report.shards.append({"name": name, "rows": rows, "bytes": size, "sha256": sha256})
     report.num_rows += rows
     if progress is not None:
@@ -225,7 +226,8 @@ def _write_index(fs, out: str, settings: ShardSettings, report: ShardReport) -> 
         "rejected_reasons": report.rejected_reasons,
         "rejected": REJECTED_NAME,
         "shards": report.shards,
-        "settings": {k: v for k, v in asdict(settings).items() if k not in ("source", "out")},
+        # Only what shapes the output: `read_ahead` changes speed, not bytes.
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("source", "out", "read_ahead")},
         "raeflow_version": __version__,
     }
     with fs.open(f"{out}/{INDEX_NAME}", "wb") as f:
