@@ -36,6 +36,7 @@ def _opt(*names: str, field: str, **kwargs) -> click.decorators.FC:  # type: ign
 @_opt("--lr", field="lr", type=float)
 @_opt("--seed", field="seed", type=int)
 @_opt("--workers", field="workers", type=int)
+@_opt("--cpus-per-worker", field="cpus_per_worker", type=float)
 @_opt("--gpu", field="gpu", is_flag=True)
 @_opt("--model-arg", field="model_args", multiple=True, default=(), metavar="NAME=VALUE")
 @_opt("--denoise", field="denoise", metavar="SPEC")

@@ -42,6 +42,8 @@ class TrainConfig:
     """Seed for weights, noise and shuffling."""
     workers: int = 1
     """Number of Ray Train workers (data-parallel replicas)."""
+    cpus_per_worker: float = 1.0
+    """CPUs each worker reserves (lower it on small machines to leave room for the decode tasks)."""
     gpu: bool = False
     """One GPU per worker (NCCL, bf16 autocast); CPU and gloo otherwise."""
     model_args: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +99,8 @@ class TrainConfig:
             )
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        if self.cpus_per_worker <= 0:
+            raise ConfigError(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.beta is not None and self.beta < 0:

@@ -228,6 +228,7 @@ def train_worker(config: TrainConfig, plan: RunPlan, runtime: WorkerRuntime) -> 
     previous = log.read() if runtime.rank == 0 else []
     record: dict[str, Any] = previous[-1] if previous else {}
     for epoch in range(runner.state.epochs_done + 1, config.epochs + 1):
+        epoch_start = time.perf_counter()
         train = runner.train_epoch(epoch)
         val, grid_rows = runner.validate()
         per_rank_images = _gather_from_workers(int(train["images"]))
@@ -252,6 +253,8 @@ def train_worker(config: TrainConfig, plan: RunPlan, runtime: WorkerRuntime) -> 
             "val_psnr": psnr / max(1.0, num_val),
             "val_ssim": ssim / max(1.0, num_val),
             "images_per_s": num_images / max(seconds, 1e-9),
+            "train_seconds": seconds,
+            "epoch_seconds": time.perf_counter() - epoch_start,
             "train_images": int(num_images),
             "val_images": int(num_val),
             "lr": lr_for_epoch(config, epoch),

@@ -126,7 +126,16 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m raeflow.train.loop", description="Train in one process with PyTorch only (no Ray)."
     )
     docs = field_help()
-    ray_only = {"workers", "address", "max_failures", "placement", "resume", "storage_options", "model_args"}
+    ray_only = {
+        "workers",
+        "cpus_per_worker",
+        "address",
+        "max_failures",
+        "placement",
+        "resume",
+        "storage_options",
+    }
+    ray_only.add("model_args")  # added below: repeatable
     for field in dataclasses.fields(TrainConfig):
         if field.name in ray_only:
             continue

@@ -14,6 +14,7 @@ each epoch's line as rank 0 adds it to `<out>/metrics.jsonl`.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import threading
 import time
@@ -33,6 +34,7 @@ from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, Sc
 from raeflow.data.dataset import read_dataset
 from raeflow.data.sources import open_source
 from raeflow.errors import ConfigError, JobError
+from raeflow.models import create_model
 from raeflow.models.bundle import read_bundle_meta
 from raeflow.train.batches import DecodeForTraining
 from raeflow.train.config import TrainConfig
@@ -128,6 +130,22 @@ def has_checkpoint(out: str) -> bool:
     return fs.exists(path)
 
 
+def _check_same_model(config: TrainConfig, plan: RunPlan) -> None:
+    """Refuse to continue a run in --out that trained a different architecture."""
+    fs, path = fsspec.core.url_to_fs(f"{config.out.rstrip('/')}/{CHECKPOINTS_DIR}/{SNAPSHOT_FILE}")
+    latest = json.loads(fs.cat_file(path)).get("latest_checkpoint_result") or {}
+    if not latest.get("checkpoint_dir_name"):
+        return
+    meta = read_bundle_meta(f"{config.out.rstrip('/')}/{CHECKPOINTS_DIR}/{latest['checkpoint_dir_name']}")
+    built = create_model(plan.model_name, **plan.model_args)
+    theirs = meta.get("architecture", {})
+    if theirs.get("name") != built.arch_name or theirs.get("args") != built.arch_args:
+        raise ConfigError(
+            f"{config.out} holds a run of {theirs.get('name')!r} {theirs.get('args')} but this command "
+            f"builds {built.arch_name!r} {built.arch_args}; use a new --out, or the same model settings"
+        )
+
+
 def build_datasets(config: TrainConfig, source, plan: RunPlan) -> dict[str, ray.data.Dataset]:
     """Streaming training and validation datasets: read shards, keep the split, decode to the plan's size."""
     rows = read_dataset(source)
@@ -215,6 +233,8 @@ def run_training(config: TrainConfig, echo=print) -> TrainSummary:
         raise ConfigError(
             f"--resume: {config.out} holds no checkpoint to continue from; drop --resume to start"
         )
+    if resumable:
+        _check_same_model(config, plan)
     log = MetricsLog(config.out)
     previous = [r["epoch"] for r in log.read()] if resumable else []
     _connect(config)
@@ -224,7 +244,10 @@ def run_training(config: TrainConfig, echo=print) -> TrainSummary:
         _train_fn_per_worker,
         train_loop_config={"config": config, "plan": plan},
         scaling_config=ScalingConfig(
-            num_workers=config.workers, use_gpu=config.gpu, placement_strategy=config.placement.upper()
+            num_workers=config.workers,
+            use_gpu=config.gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.gpu else {})},
+            placement_strategy=config.placement.upper(),
         ),
         run_config=RunConfig(
             name=CHECKPOINTS_DIR,
