@@ -27,6 +27,14 @@ import requests
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RAY_WORKER_PORTS = range(10002, 20000)
+CLIENT_SETTINGS = (
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+    "RAY_AUTH_MODE",
+    "RAY_ADDRESS",
+    "RAY_API_SERVER_ADDRESS",
+)
+"""Variables that pick a Ray cluster or its token: the tests set them explicitly."""
 HEAD_PORT_OPTIONS = (
     "--port",
     "--dashboard-port",
@@ -59,16 +67,34 @@ class Head:
     empty_home: Path
     log: Path
 
-    def env(self, token: str | None = "file") -> dict[str, str]:
-        """Environment of a client process: the head's token (`file`), none (None), or a given one."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
-        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    def auth_env(self, token: str | None = "file") -> dict[str, str | None]:
+        """Auth settings of a client: the head's token (`file`), none (None), or the given token.
+
+        Values of None unset the variable (as `click.testing.CliRunner(env=...)` reads them).
+        """
+        env: dict[str, str | None] = {
+            "RAY_AUTH_TOKEN": None,
+            "RAY_AUTH_TOKEN_PATH": None,
+            "RAY_AUTH_MODE": None,
+        }
+        env["RAY_ADDRESS"] = env["RAY_API_SERVER_ADDRESS"] = None
         if token == "file":
             env["RAY_AUTH_TOKEN_PATH"] = str(self.token_file)
         elif token is None:
             env["HOME"] = str(self.empty_home)  # no ~/.ray/auth_token to fall back on
         else:
             env["RAY_AUTH_TOKEN"] = token
+        return env
+
+    def env(self, token: str | None = "file") -> dict[str, str]:
+        """The whole environment of a client subprocess (see `auth_env`), with this venv on PATH."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "RAY_API_SERVER"))
+        }
+        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+        env.update({k: v for k, v in self.auth_env(token).items() if v is not None})
         return env
 
     @staticmethod
@@ -109,7 +135,9 @@ def head() -> Iterator[Head]:
     command += ["--dashboard-host=127.0.0.1"]
     command += [f"{option}={port}" for option, port in ports.items()]
     command += ["--num-cpus=2", f"--temp-dir={root / 'ray'}", "--disable-usage-stats", "--block"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "RAY_API_SERVER"))
+    }
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token")
     env["RAY_AUTH_TOKEN_PATH"] = str(token_file)
     log = root / "head.log"

@@ -15,6 +15,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import requests
+from click.testing import CliRunner, Result
+
+from raeflow.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +33,11 @@ def run(args: list[str], env: dict[str, str], timeout: float = 240) -> subproces
 
 def raeflow(*args: str) -> list[str]:
     return [sys.executable, "-m", "raeflow.cli", *args]
+
+
+def cli(args: list[str], env: dict[str, str | None]) -> Result:
+    """Run the raeflow CLI in this process (quick: no interpreter start, Ray already imported)."""
+    return CliRunner(env=env).invoke(main, args, catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +79,15 @@ def test_submit_embed_waits_and_writes_the_table(head, bucket: str) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     job_id = done.stdout.splitlines()[0]
     assert job_id.startswith("raeflow-embed-")
+    assert "embed: 40 images in, 40 out, 0 rejected" in done.stdout  # the job's summary, followed live
     assert_complete_embedding_table(out)
 
-    status = run(raeflow("jobs", "status", job_id, "--address", head.address), head.env())
-    assert status.returncode == 0 and "SUCCEEDED" in status.stdout
-    listing = run(raeflow("jobs", "list", "--address", head.address), head.env())
-    assert job_id in listing.stdout and "SUCCEEDED" in listing.stdout
-    logs = run(raeflow("jobs", "logs", job_id, "--address", head.address), head.env())
-    assert logs.returncode == 0 and logs.stdout.strip()
+    status = cli(["jobs", "status", job_id, "--address", head.address], head.auth_env())
+    assert status.exit_code == 0 and status.stdout.startswith(f"{job_id}: SUCCEEDED")
+    listing = cli(["jobs", "list", "--address", head.address], head.auth_env())
+    assert any(line.startswith(job_id) and "SUCCEEDED" in line for line in listing.stdout.splitlines())
+    logs = cli(["jobs", "logs", job_id, "--address", head.address], head.auth_env())
+    assert logs.exit_code == 0 and "embed: 40 images in, 40 out" in logs.stdout
 
 
 def test_rays_own_job_cli_runs_the_same_entrypoint(head, bucket: str) -> None:
@@ -124,11 +133,13 @@ def test_head_refuses_a_submission_without_the_right_token(head, token: str | No
 
 def test_unreachable_head_and_unknown_job_are_one_line_errors(head) -> None:
     nowhere = head.unused_address()
-    done = run(raeflow("jobs", "list", "--address", nowhere), head.env())
-    assert done.returncode == 2 and done.stderr.strip().splitlines() == [
+    done = cli(["jobs", "list", "--address", nowhere], head.auth_env())
+    assert done.exit_code == 2 and done.stderr.strip().splitlines() == [
         f"error: cannot reach the Ray Jobs API at {nowhere}: is the cluster up, and the tunnel open "
         "(`ray dashboard cluster.yaml`)? Pass --address or set RAY_ADDRESS"
     ]
-    done = run(raeflow("jobs", "status", "raeflow-embed-00000000", "--address", head.address), head.env())
-    assert done.returncode == 2 and "no job 'raeflow-embed-00000000'" in done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1
+    done = cli(["jobs", "status", "raeflow-embed-00000000", "--address", head.address], head.auth_env())
+    assert done.exit_code == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: no job 'raeflow-embed-00000000' on the cluster at {head.address}"
+    ]
