@@ -119,11 +119,6 @@ class ClusterClient:
         with self._answers():
             self._client = JobSubmissionClient(self.address, headers=headers)
 
-    @property
-    def server_ray_version(self) -> str | None:
-        """The Ray version the head runs."""
-        return self._client._server_ray_version
-
     @contextlib.contextmanager
     def _answers(self, job_id: str | None = None) -> Iterator[None]:
         """Turn the Jobs API's refusals and failures into one-line RaeflowErrors."""
@@ -191,21 +186,26 @@ class ClusterClient:
 
     def follow(self, job_id: str, out: IO[str]) -> Any:
         """Write the job's logs to `out` as they come until it ends; returns its final `JobInfo`."""
+        num_written = 0
 
         async def tail() -> None:
+            nonlocal num_written
             async for chunk in self._client.tail_job_logs(job_id):
                 out.write(chunk)
                 out.flush()
+                num_written += len(chunk)
 
+        self.status(job_id)  # an unknown id is a one-line error, not a broken stream
         try:
-            with self._answers(job_id):
-                asyncio.run(tail())
-        except RaeflowError:
-            raise
-        except Exception:  # noqa: BLE001 - the log stream broke; the job's state still tells the outcome
-            pass
+            asyncio.run(tail())
+            stream_broke = False
+        except Exception:  # noqa: BLE001 - the stream broke (proxy, network); poll the job instead
+            stream_broke = True
         while (info := self.status(job_id)).status not in TERMINAL_STATES:
-            time.sleep(1.0)
+            time.sleep(2.0)
+        if stream_broke:
+            out.write(self.logs(job_id)[num_written:])  # logs only grow: the rest follows what was shown
+            out.flush()
         return info
 
 
