@@ -45,8 +45,6 @@ class ImageHeader:
     """Bits per sample (16 for 16-bit PNG/TIFF)."""
     palette: bool = False
     """PNG colour type 3 (indexed colours)."""
-    transparency: bool = False
-    """PNG with a `tRNS` chunk (a palette with alpha, or a transparent colour key)."""
     pillow_mode: str | None = None
     """Pillow's mode, for formats whose header Pillow read."""
 
@@ -99,11 +97,7 @@ def _png_header(data: bytes) -> ImageHeader:
     channels = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}.get(colour_type)
     if channels is None:
         raise HeaderError("read_error", f"PNG colour type {colour_type} is invalid")
-    first_data = data.find(b"IDAT")
-    transparency = b"tRNS" in data[: first_data if first_data > 0 else len(data)]
-    return ImageHeader(
-        "png", height, width, channels, bit_depth=depth, palette=colour_type == 3, transparency=transparency
-    )
+    return ImageHeader("png", height, width, channels, bit_depth=depth, palette=colour_type == 3)
 
 
 def _jpeg_header(data: bytes) -> ImageHeader:

@@ -4,12 +4,14 @@ Every decoder returns a NumPy `uint8` array `(H, W, C)`, C in {1, 3}. Anything u
 `ImageRejected` and nothing else, so a batch job can count a bad image and carry on.
 
 Choices made here (also in docs/data.md):
-- JPEG, PNG and WebP decode through torchvision (libjpeg-turbo, libpng, libwebp); BMP, TIFF, GIF
-  and anything else Pillow knows decode through Pillow (first frame only).
+- JPEG and WebP decode through torchvision (libjpeg-turbo, libwebp); PNG, BMP, TIFF, GIF and
+  anything else Pillow knows decode through Pillow (first frame only). Not PNG through
+  torchvision: its libpng error path crashes the process on some corrupt files ("bad adaptive
+  filter value"), and one bad file must never take down a worker.
 - Transparency is composited over white, the way a viewer shows the image; alpha is never
   returned as a channel.
-- 16-bit images (PNG, TIFF) are scaled to 8 bits (`round(v * 255 / 65535)`); 32-bit integer and
-  float images are rejected as `unsupported_mode`.
+- 16-bit images (PNG, TIFF) are scaled to 8 bits (grey: `round(v * 255 / 65535)`; colour: the
+  high byte, as Pillow reads it); 32-bit integer and float images are rejected as `unsupported_mode`.
 - Colour to grey uses the ITU-R 601-2 luma weights (as Pillow's "L" conversion); CMYK is
   converted to RGB.
 - The size is read from the header before decoding; more than `max_pixels` is `too_many_pixels`
@@ -65,6 +67,8 @@ def probe_image(data: bytes) -> ImageHeader:
         return read_header(data)
     except HeaderError as exc:
         raise ImageRejected(exc.reason, exc.detail) from None
+    except Exception as exc:  # a header parser tripping on hostile bytes must not stop a job
+        raise ImageRejected("read_error", f"header: {type(exc).__name__}: {exc}") from None
 
 
 def decode_image(
@@ -92,7 +96,7 @@ def decode_image(
     try:
         if header.format == "raw":
             pixels = _decode_raw(data, header)
-        elif header.format in ("jpeg", "png", "webp"):
+        elif header.format in ("jpeg", "webp"):
             pixels = _decode_torchvision(data, header, channels)
         else:
             pixels = _decode_pillow(data)
@@ -204,15 +208,10 @@ def _decode_torchvision(data: bytes, header: ImageHeader, channels: int | None) 
         # libjpeg's grey output is the luma plane itself: cheaper than decoding colour first.
         grey = header.channels == 1 or (channels == 1 and header.channels == 3)
         mode = ImageReadMode.GRAY if grey else ImageReadMode.RGB
-    elif header.format == "png" and header.palette:
-        # torchvision's RGBA output of a palette PNG is only right when it has a tRNS chunk.
-        mode = ImageReadMode.RGB_ALPHA if header.transparency else ImageReadMode.RGB
-    else:  # PNG grey/grey+alpha/RGB/RGBA and WebP: as stored, alpha handled in `to_channels`
+    else:  # WebP: RGB or RGBA as stored, alpha handled in `to_channels`
         mode = ImageReadMode.UNCHANGED
     encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
     decoded = tv_decode(encoded, mode=mode)  # (C, H, W)
-    if decoded.dtype == torch.uint16:  # 16-bit PNG -> 8 bits, rounded
-        decoded = ((decoded.to(torch.int32) * 255 + 32767) // 65535).to(torch.uint8)
     return decoded.permute(1, 2, 0).numpy()  # (H, W, C)
 
 
@@ -251,6 +250,8 @@ def _composite_over_white(pixels: np.ndarray) -> np.ndarray:
 
 def _failure_reason(data: bytes, header: ImageHeader, exc: Exception) -> str:
     """`truncated` when the file visibly ends early, else `read_error`."""
+    if type(exc).__name__ == "DecompressionBombError":  # Pillow's own limit, when above ours
+        return "too_many_pixels"
     tail = data[-64:]
     if header.format == "png" and b"IEND" not in tail:
         return "truncated"

@@ -172,3 +172,25 @@ def test_fit_to_contract_resizes_or_crops_only_when_asked(photo: np.ndarray) -> 
     assert fit_to_contract(photo[:, :, :1], 48, 20, mode="center_crop").shape == (48, 20, 1)
     with pytest.raises(ValueError):
         fit_to_contract(photo, 8, 8, mode="stretch")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"])
+def test_corrupted_bytes_never_raise_anything_but_image_rejected(photo: np.ndarray, fmt: str) -> None:
+    good = pillow_bytes(Image.fromarray(photo), fmt)
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for _ in range(60):
+        data = bytearray(good)
+        if rng.random() < 0.5:
+            del data[int(rng.integers(1, len(data))) :]  # cut anywhere
+        for _ in range(int(rng.integers(1, 8))):  # flip bytes, header included
+            data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+        try:
+            pixels = decode_image(bytes(data), channels=3)
+        except ImageRejected as rejected:
+            assert rejected.reason in images.REASONS
+            outcomes.add(rejected.reason)
+        else:
+            assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
+            outcomes.add("decoded")
+    assert len(outcomes) >= 2  # the mutations did reach both outcomes
