@@ -168,7 +168,11 @@ def _tsne_figure(rows: list[dict], context: ReportContext) -> tuple[bytes | None
     points = embed_2d(embeddings, max_points=len(rows))  # (N, 2)
     title = f"t-SNE of {len(rows):,} codes" + (", coloured by label" if labelled else "")
     figure = draw.embedding_map(points, np.asarray(labels) if labelled else None, title)
-    return figure, None if labelled else "The source has no labels, so the map is not coloured."
+    if labelled:
+        return figure, None
+    if context.has_labels:
+        return figure, "Some mapped images have no label, so the map is not coloured."
+    return figure, "The source has no labels, so the map is not coloured."
 
 
 def _summary(

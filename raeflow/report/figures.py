@@ -19,6 +19,8 @@ from PIL import Image
 DPI = 100
 MAX_COLUMNS = 8
 """Images per row of a grid before it wraps."""
+MAX_LEGEND = 20
+"""Maps with more labels than this show no legend (it would not fit)."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,10 @@ def embedding_map(points: np.ndarray, labels: np.ndarray | None, title: str) -> 
         for colour, label in zip(colours, classes, strict=True):
             chosen = labels == label
             ax.scatter(points[chosen, 0], points[chosen, 1], s=6, alpha=0.75, color=colour, label=str(label))
-        ax.legend(title="label", fontsize=8, markerscale=2.5, loc="center left", bbox_to_anchor=(1.0, 0.5))
+        if len(classes) <= MAX_LEGEND:
+            ax.legend(
+                title="label", fontsize=8, markerscale=2.5, loc="center left", bbox_to_anchor=(1.0, 0.5)
+            )
     ax.set_title(title, fontsize=11)
     ax.set_xticks([])
     ax.set_yticks([])

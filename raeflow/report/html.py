@@ -93,6 +93,7 @@ def render_report(summary: Mapping[str, Any], figures: Mapping[str, bytes], note
         "images read": counts.get("rows_in"),
         "images scored": counts.get("rows_out"),
         "images rejected": counts.get("rows_rejected"),
+        "PSNR gain over the noisy input (dB)": summary.get("psnr_gain_db"),
         "wall time (s)": summary.get("timings", {}).get("total_seconds"),
     }
     parts = [
