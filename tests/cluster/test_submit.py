@@ -102,10 +102,14 @@ def test_rays_own_job_cli_runs_the_same_entrypoint(head, bucket: str) -> None:
 
 
 def test_failing_job_exits_non_zero_and_shows_the_jobs_error(head, tmp_path) -> None:
+    # --no-code: the head runs the raeflow installed where it runs (here: this checkout, editable).
     missing = tmp_path / "no-such-model"
     args = ["--data", "builtin:digits", "--model", str(missing), "--out", str(tmp_path / "out")]
-    done = run(raeflow("submit", "embed", "--address", head.address, "--wait", "--", *args), head.env())
+    submit = raeflow("submit", "embed", "--address", head.address, "--wait", "--no-code", "--", *args)
+    done = run(submit, head.env())
     assert done.returncode == 2
+    assert "Running entrypoint for job raeflow-embed-" in done.stdout  # the logs were followed
+    assert "python -m raeflow.cli embed" in done.stdout
     job_id = done.stdout.splitlines()[0]
     error = done.stderr.strip().splitlines()[-1]
     assert error.startswith(f"error: job {job_id} failed")
