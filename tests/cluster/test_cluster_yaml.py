@@ -8,6 +8,7 @@ the launcher's consistency rules). Nothing here talks to AWS.
 from __future__ import annotations
 
 import copy
+import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-CLUSTER_YAML = Path(__file__).resolve().parents[2] / "cluster.yaml"
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_YAML = REPO / "cluster.yaml"
 
 
 def ray_up_checks(config: dict[str, Any]) -> dict[str, Any]:
@@ -77,8 +79,22 @@ def test_nothing_exposes_the_dashboard_or_the_cluster_ports(config: dict[str, An
         assert "NetworkInterfaces" not in spec["node_config"]
 
 
+def rsync_excludes(pattern: str, relative_path: str) -> bool:
+    """Whether an rsync `--exclude PATTERN` drops `relative_path` (the subset of rsync's rules used here)."""
+    parts = relative_path.split("/")
+    if pattern.startswith("/"):
+        return fnmatch.fnmatch(parts[0], pattern[1:])
+    name = pattern.removeprefix("**/")
+    return any(fnmatch.fnmatch(part, name) for part in parts)
+
+
 def test_every_node_installs_raeflow_with_the_pinned_constraints(config: dict[str, Any]) -> None:
     install = [cmd for cmd in config["setup_commands"] if "pip install" in cmd and "raeflow" in cmd]
     assert install and "-c ~/raeflow/constraints.txt" in install[-1]
     assert config["file_mounts"]["~/raeflow"] == "."
-    assert ".venv" in config["rsync_exclude"]
+    shipped = [str(path.relative_to(REPO)) for path in REPO.glob("raeflow/**/*.py")]
+    shipped += ["jobs/embed.py", "pyproject.toml", "constraints.txt"]
+    for pattern in config["rsync_exclude"]:
+        assert not [path for path in shipped if rsync_excludes(pattern, path)], pattern
+    for left_behind in (".venv/bin/python", ".git/HEAD", "raeflow/__pycache__/cli.cpython-311.pyc"):
+        assert any(rsync_excludes(pattern, left_behind) for pattern in config["rsync_exclude"]), left_behind
