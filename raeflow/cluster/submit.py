@@ -226,6 +226,8 @@ def _quiet_ray_client_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # It warns that .git and .venv are not uploaded, which is what raeflow wants anyway.
     logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
+    # It warns of a missing token before the request; raeflow reports the head's refusal instead.
+    logging.getLogger("ray._private.authentication.http_token_authentication").setLevel(logging.ERROR)
 
 
 def _first_line(text: str) -> str:
