@@ -20,7 +20,7 @@ from raeflow.models import load_bundle
 from raeflow.report.config import ReportConfig
 from raeflow.report.job import run_report
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
 
 
 def _config(bundle: str, out: Path | str, **overrides) -> ReportConfig:
