@@ -154,7 +154,7 @@ class DenoisePredictor(_Predictor):
                 try:
                     fmt = output_format(self.out_format, formats[i])
                     denoised = self.denoise(array)  # (H, W, C) uint8
-                    data = images.encode_image(denoised, fmt, quality=self.jpeg_quality)
+                    data = encode_output(denoised, fmt, quality=self.jpeg_quality)
                 except images.ImageRejected as rejected:
                     reasons[i], fmt = str(rejected), None
             datas.append(data)
@@ -203,6 +203,19 @@ class DenoisePredictor(_Predictor):
 
 def _default_tile(max_pixels: int) -> int:
     return max(64, int(max_pixels**0.5) // SIZE_MULTIPLE * SIZE_MULTIPLE)
+
+
+def encode_output(pixels: np.ndarray, fmt: str, *, quality: int) -> bytes:
+    """Encode `uint8` `(H, W, C)` as `fmt`: PNG, JPEG, WebP (raeflow's encoder), BMP or TIFF (Pillow)."""
+    if fmt in images.ENCODE_FORMATS:
+        return images.encode_image(pixels, fmt, quality=quality)
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(buffer, fmt.upper())
+    return buffer.getvalue()
 
 
 def output_format(wanted: str, found: str | None) -> str:

@@ -51,7 +51,11 @@ def tiled_apply(
     fn: ImageFn, x: torch.Tensor, *, tile: int, overlap: int, multiple: int = 1, tiles_per_pass: int = 4
 ) -> torch.Tensor:
     """`fn` over one image `(1, C, H, W)` in overlapping `tile` x `tile` pieces, blended; `(1, C, H, W)`."""
-    _, channels, height, width = x.shape
+    _, channels, full_h, full_w = x.shape
+    # Pad the whole image as a one-pass run would, so tiles on the bottom/right border see the same pixels.
+    x = F.pad(x, (0, -full_w % multiple, 0, -full_h % multiple), mode="replicate")  # (1, C, H', W')
+    _, _, height, width = x.shape
+    tile = max(multiple, tile - tile % multiple)
     tile_h, tile_w = min(tile, height), min(tile, width)
     tops, lefts = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
     boxes = [(top, left) for top in tops for left in lefts]
@@ -65,4 +69,4 @@ def tiled_apply(
         for (top, left), output in zip(group, outputs, strict=True):
             total[:, top : top + tile_h, left : left + tile_w] += output * window
             weight[top : top + tile_h, left : left + tile_w] += window
-    return (total / weight).unsqueeze(0)  # (1, C, H, W)
+    return (total / weight).unsqueeze(0)[..., :full_h, :full_w]  # (1, C, H, W)

@@ -102,7 +102,21 @@ def test_parquet_keeps_keys_and_columns(ray_session, tmp_path, unet_bundle, mnis
 
     digits, labels = mnist_digits
     keys = write_digit_parquet(str(tmp_path / "in"), digits, labels, files=2, rows=6)
-    run_denoise(_config(tmp_path / "in", unet_bundle, tmp_path / "out"))
+    escaping = pa.table(
+        {
+            "key": ["../evil", "/abs/path", "fine"],
+            "image": [images.encode_image(digits[i][:, :, None], "png") for i in range(3)],
+            "label": pa.array([0, 1, 2], pa.int64()),
+            "note": ["x", "y", "z"],
+        }
+    )
+    pq.write_table(escaping, tmp_path / "in" / "shard-002.parquet")
+    summary = run_denoise(_config(tmp_path / "in", unet_bundle, tmp_path / "out"))
+    assert (summary.images_out, summary.images_rejected) == (13, 2)
+    rejected = pq.read_table(tmp_path / "out" / "_rejected").to_pylist()
+    assert sorted(r["key"] for r in rejected) == ["../evil", "/abs/path"]
+    assert all(r["reason"].startswith("unsafe_key") for r in rejected)
+    assert pq.read_table(tmp_path / "out" / "shard-002.parquet").column("key").to_pylist() == ["fine"]
     original = pq.read_table(tmp_path / "in" / "shard-001.parquet")
     denoised = pq.read_table(tmp_path / "out" / "shard-001.parquet")
     assert denoised.column_names == original.column_names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from PIL import Image
 
 from raeflow.batch.decoding import DecodeSpec, decode_rows, pixels_of
 from raeflow.batch.predictors import DenoisePredictor, EncodePredictor, ReconstructPredictor
@@ -108,6 +110,11 @@ def test_denoise_keeps_odd_sizes_mode_and_format(unet_bundle, photo) -> None:
         DenoisePredictor(unet_bundle, out_format="png"), images.encode_image(odd, "jpeg")
     )
     assert fmt == "png" and forced.shape == (321, 481, 1)
+    for kind in ("BMP", "TIFF"):  # formats raeflow decodes through Pillow stay what they were
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(odd[:40, :30, 0])).save(buffer, kind)
+        _, same, fmt = _denoise_one(predictor, buffer.getvalue())
+        assert fmt == kind.lower() and same.shape == (40, 30, 1)
 
 
 def test_denoise_channel_rules(unet_bundle, unet_rgb_bundle, photo, colour_photo) -> None:

@@ -1,0 +1,214 @@
+"""Images per second of `raeflow embed` (Ray Data, local Ray) against a plain PyTorch DataLoader,
+and the peak memory of raeflow's driver as the number of images grows.
+
+    .venv/bin/python bench/embed_throughput.py                      # 20,000 and 100,000 images
+    .venv/bin/python bench/embed_throughput.py --sizes 20000 --repeats 1
+
+Data: 32x32 grey crops of real photos (the Train400 set at /work/shared/benchmarks/denoise/Train400
+when present, plus scikit-image's photographs in grey), PNG-encoded, in Parquet shards of
+`--shard-rows` rows (columns key, image). Model: `conv` at 1x32x32, 16-8-8 channels (a 128-float
+code), untrained: throughput does not depend on the weights. In one run, on the same shards:
+- raeflow: `run_embed(EmbedConfig(...))`, the library call behind `raeflow embed`, on a local Ray
+  with as many CPUs as the machine has (read + decode tasks, one predictor actor, driver writer);
+- baseline: `torch.utils.data.DataLoader(num_workers=2)` over an IterableDataset that reads the
+  same shards with pyarrow and decodes with the same `decode_image`; the main process runs
+  `model.embed` and writes one Parquet file per shard with pyarrow.
+Both times are wall clock of the whole call (process/actor start-up included). The driver's
+resident memory is sampled every 20 ms in a thread during each raeflow run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import skimage.data  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from raeflow.data.images import decode_image, encode_image  # noqa: E402
+from raeflow.models import create_model, load_bundle, save_bundle  # noqa: E402
+
+TRAIN400 = Path("/work/shared/benchmarks/denoise/Train400")
+PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "moon", "page", "text")
+CROP = 32
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # read-only, never written
+
+
+def photos() -> list[np.ndarray]:
+    """Grey `uint8` photographs: Train400 (if present) and scikit-image's."""
+    found = [np.asarray(Image.open(p).convert("L")) for p in sorted(TRAIN400.glob("*.png"))]
+    for name in PHOTOS:
+        image = getattr(skimage.data, name)()
+        found.append(image if image.ndim == 2 else np.asarray(Image.fromarray(image).convert("L")))
+    return found
+
+
+def write_shards(folder: Path, num_images: int, shard_rows: int, seed: int = 0) -> None:
+    """`num_images` random 32x32 crops as PNG in Parquet shards of `shard_rows` rows."""
+    rng = np.random.default_rng(seed)
+    sources = photos()
+    folder.mkdir(parents=True)
+    for start in range(0, num_images, shard_rows):
+        keys, datas = [], []
+        for i in range(start, min(start + shard_rows, num_images)):
+            photo = sources[i % len(sources)]
+            top, left = rng.integers(0, photo.shape[0] - CROP + 1), rng.integers(0, photo.shape[1] - CROP + 1)
+            keys.append(f"crop-{i:07d}")
+            datas.append(
+                encode_image(np.ascontiguousarray(photo[top : top + CROP, left : left + CROP, None]))
+            )
+        pq.write_table(
+            pa.table({"key": keys, "image": datas}), folder / f"shard-{start // shard_rows:05d}.parquet"
+        )
+
+
+class ShardImages(torch.utils.data.IterableDataset):
+    """The baseline's reader: each DataLoader worker reads its share of the shards and decodes."""
+
+    def __init__(self, files: list[Path]) -> None:
+        self.files = files
+
+    def __iter__(self) -> Iterator[tuple[int, str, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        mine = self.files if info is None else self.files[info.id :: info.num_workers]
+        for path in mine:
+            index = int(path.stem.split("-")[1])
+            table = pq.read_table(path)
+            for key, data in zip(
+                table.column("key").to_pylist(), table.column("image").to_pylist(), strict=True
+            ):
+                pixels = decode_image(data, channels=1)  # (H, W, 1)
+                yield index, key, torch.from_numpy(pixels).permute(2, 0, 1)  # (1, H, W) uint8
+
+
+def run_baseline(data: Path, bundle: str, out: Path, batch_size: int) -> float:
+    """Embed with a plain DataLoader(num_workers=2); returns seconds."""
+    started = time.perf_counter()
+    model = load_bundle(bundle).model
+    files = sorted(data.glob("*.parquet"))
+    loader = torch.utils.data.DataLoader(ShardImages(files), batch_size=batch_size, num_workers=2)
+    out.mkdir(parents=True)
+    rows: dict[int, list[pa.Table]] = {}
+    with torch.inference_mode():
+        for shard_ids, keys, pixels in loader:
+            vectors = model.embed(pixels.float().div_(255)).numpy()  # (B, 128)
+            flat = pa.array(vectors.reshape(-1), pa.float32())
+            batch = pa.table({"key": list(keys), "embedding": pa.FixedSizeListArray.from_arrays(flat, 128)})
+            for shard in np.unique(shard_ids.numpy()):  # batches can mix the two workers' shards
+                rows.setdefault(int(shard), []).append(batch.filter(pa.array(shard_ids.numpy() == shard)))
+    for shard, tables in rows.items():
+        pq.write_table(pa.concat_tables(tables), out / f"part-{shard:05d}.parquet")
+    return time.perf_counter() - started
+
+
+class PeakRss:
+    """Samples this process's resident memory in a thread; `peak` is the highest seen (bytes)."""
+
+    def __init__(self, every: float = 0.02) -> None:
+        self.every, self.peak, self._stop = every, 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._stop.is_set():
+            with open("/proc/self/statm") as statm:  # size, resident, ... in pages (Linux)
+                self.peak = max(self.peak, int(statm.read().split()[1]) * page)
+            time.sleep(self.every)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_raeflow(data: Path, bundle: str, out: Path, batch_size: int, workers: int) -> tuple[float, int]:
+    """Embed with `run_embed` on the local Ray; returns seconds and the driver's peak RSS."""
+    from raeflow.batch.config import EmbedConfig, RunOptions
+    from raeflow.batch.embed import run_embed
+
+    config = EmbedConfig(
+        data=str(data),
+        model=bundle,
+        out=str(out),
+        run=RunOptions(batch_size=batch_size, workers=workers, quiet=True),
+    )
+    with PeakRss() as rss:
+        started = time.perf_counter()
+        summary = run_embed(config)
+        seconds = time.perf_counter() - started
+    assert summary.images_out == summary.images_in, summary
+    return seconds, rss.peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
+    parser.add_argument("--shard-rows", type=int, default=2_000)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--workers", type=int, default=1, help="predictor actors")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--keep", type=Path, default=None, help="keep the data and outputs in this folder")
+    args = parser.parse_args()
+
+    import ray
+    from ray.data import DataContext
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    DataContext.get_current().enable_progress_bars = False
+    work = args.keep or Path(tempfile.mkdtemp(prefix="raeflow-bench-"))
+    bundle = save_bundle(
+        create_model("conv", in_channels=1, height=CROP, width=CROP, channels=[16, 8, 8]), str(work / "model")
+    )
+    results = []
+    for size in args.sizes:
+        data = work / f"crops-{size}"
+        if not data.exists():
+            write_shards(data, size, args.shard_rows)
+        for repeat in range(args.repeats):
+            baseline = run_baseline(data, bundle, work / f"base-{size}-{repeat}", args.batch_size)
+            seconds, peak = run_raeflow(
+                data, bundle, work / f"ray-{size}-{repeat}", args.batch_size, args.workers
+            )
+            results.append((size, size / seconds, size / baseline, peak))
+            shutil.rmtree(work / f"base-{size}-{repeat}")
+            shutil.rmtree(work / f"ray-{size}-{repeat}")
+    ray.shutdown()
+
+    header = ("images", "raeflow img/s", "DataLoader img/s", "ratio", "driver peak RSS")
+    print("\n" + " | ".join(f"{h:>16}" for h in header))
+    print("-" * 92)
+    for size, ours, theirs, peak in results:
+        cells = (
+            f"{size:,}",
+            f"{ours:,.0f}",
+            f"{theirs:,.0f}",
+            f"{ours / theirs:.2f}",
+            f"{peak / 2**20:,.0f} MiB",
+        )
+        print(" | ".join(f"{c:>16}" for c in cells))
+    print(
+        f"\n{os.cpu_count()} CPUs, batch {args.batch_size}, {args.workers} predictor actor(s), "
+        f"{args.shard_rows:,}-row shards"
+    )
+    if args.keep is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
