@@ -85,6 +85,18 @@ class Autoencoder(nn.Module):
         """`n` new images in [0, 1] drawn from the prior (generative models only)."""
         raise ConfigError(f"model '{self.arch_name}' is not generative; sample from a 'vae' or 'cvae' model")
 
+    def init_weights(self) -> None:
+        """He (Kaiming) initialisation for the ReLU stacks, zero biases.
+
+        PyTorch's default init shrinks the signal layer after layer; deep plain stacks (conv_dense
+        has twelve layers) then start on a "mean image" plateau they leave slowly, if at all.
+        """
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
     # -- facts -----------------------------------------------------------------------------------
     @property
     def num_parameters(self) -> int:

@@ -131,16 +131,18 @@ def save_bundle(
     training: dict[str, Any] | None = None,
     metrics: dict[str, Any] | None = None,
     settings: Any = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> str:
     """Write `model` as a bundle folder at `uri` (local path or fsspec URI); returns the URI.
 
     `training` (data, epochs, noise, ...), `metrics` (final values) and `settings` (a dataclass or
     dict) are stored as given in `bundle.json`. An existing bundle at `uri` is replaced.
+    `storage_options` go to fsspec (e.g. an S3 endpoint or credentials).
     """
     model = _unwrap(model)
     if not isinstance(model, Autoencoder) or not model.arch_name or not model.arch_args:
         raise ConfigError("only models built with raeflow.models.create_model can be saved as a bundle")
-    fs, root = fsspec.core.url_to_fs(str(uri))
+    fs, root = fsspec.core.url_to_fs(str(uri), **(storage_options or {}))
     state = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     weights = save_safetensors(state, metadata={"format": "pt"})
     meta = {
@@ -175,10 +177,10 @@ def save_bundle(
     return str(uri)
 
 
-def read_bundle_meta(uri: str) -> dict[str, Any]:
+def read_bundle_meta(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The parsed `bundle.json` of the bundle at `uri`, without loading its weights."""
     try:
-        fs, root = fsspec.core.url_to_fs(str(uri))
+        fs, root = fsspec.core.url_to_fs(str(uri), **(storage_options or {}))
         if not fs.exists(root):
             raise BundleError(
                 f"no model bundle at {uri}: the folder does not exist; pass the model folder "
@@ -212,10 +214,12 @@ def read_bundle_meta(uri: str) -> dict[str, Any]:
     return meta
 
 
-def load_bundle(uri: str, map_location: str | torch.device = "cpu") -> Bundle:
+def load_bundle(
+    uri: str, map_location: str | torch.device = "cpu", storage_options: dict[str, Any] | None = None
+) -> Bundle:
     """Load and verify the bundle at `uri`: checksum, architecture, weights; the model in eval mode."""
-    meta = read_bundle_meta(uri)
-    fs, root = fsspec.core.url_to_fs(str(uri))
+    meta = read_bundle_meta(uri, storage_options)
+    fs, root = fsspec.core.url_to_fs(str(uri), **(storage_options or {}))
     weights_path = _join(root, WEIGHTS_FILE)  # never a path taken from bundle.json
     try:
         data = fs.cat_file(weights_path)
@@ -226,7 +230,12 @@ def load_bundle(uri: str, map_location: str | torch.device = "cpu") -> Bundle:
     except OSError as err:
         raise BundleError(f"cannot read the weights of bundle {uri}: {err}") from None
 
-    expected = meta.get("weights", {})
+    expected, arch = meta.get("weights"), meta.get("architecture")
+    if not isinstance(expected, dict) or not isinstance(arch, dict) or not isinstance(arch.get("args"), dict):
+        raise BundleError(
+            f"{_join(uri, META_FILE)} lacks its weights or architecture record; "
+            "the bundle is damaged, save or train it again"
+        )
     digest = hashlib.sha256(data).hexdigest()
     if expected.get("bytes") is not None and len(data) != expected["bytes"]:
         raise BundleError(
@@ -239,10 +248,9 @@ def load_bundle(uri: str, map_location: str | torch.device = "cpu") -> Bundle:
             "copy the bundle again or retrain"
         )
 
-    arch = meta.get("architecture", {})
     try:
-        model = create_model(arch.get("name", "?"), **arch.get("args", {}))
-    except ConfigError as err:
+        model = create_model(str(arch.get("name", "?")), **arch["args"])
+    except (ConfigError, TypeError, ValueError) as err:
         raise BundleError(
             f"bundle {uri} needs an architecture this raeflow cannot build ({err}); "
             "upgrade raeflow or retrain"

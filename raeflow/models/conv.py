@@ -56,6 +56,7 @@ class ConvAutoencoder(Autoencoder):
         decoder += [nn.Conv2d(c_in, in_channels, 3, padding=1), nn.Sigmoid()]
         self.decoder = nn.Sequential(*decoder)
         self.latent_shape = (channels[-1], *sizes[-1])
+        self.init_weights()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)  # (B, C, H, W) -> (B, channels[-1], ceil(H / 2^L), ceil(W / 2^L))

@@ -75,6 +75,7 @@ class ConvDenseAutoencoder(Autoencoder):
         self.decoder_conv = nn.Sequential(*deconv)
         self.latent_dim = latent_dim
         self.latent_shape = (latent_dim,)
+        self.init_weights()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)  # (B, C, H, W) -> (B, latent_dim)

@@ -45,6 +45,7 @@ class DenseAutoencoder(Autoencoder):
         self.decoder = nn.Sequential(*decoder)
         self.latent_dim = latent_dim
         self.latent_shape = (latent_dim,)
+        self.init_weights()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)  # (B, C, H, W) -> (B, latent_dim)

@@ -25,9 +25,11 @@ def mse(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def bce(recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy of [0, 1] reconstructions against [0, 1] targets, mean over pixels."""
-    # Clamp keeps log() finite when a sigmoid saturates to exactly 0 or 1 in float32.
+    # Written out (not F.binary_cross_entropy, which refuses to run under CUDA autocast) and in
+    # float32; the clamp keeps log() finite when a sigmoid saturates to exactly 0 or 1.
     eps = 1e-6
-    return F.binary_cross_entropy(recon.clamp(eps, 1 - eps), target)
+    p, t = recon.float().clamp(eps, 1 - eps), target.float()
+    return -(t * p.log() + (1 - t) * (1 - p).log()).mean()
 
 
 RECON_LOSSES: dict[str, ReconLoss] = {"mse": mse, "bce": bce}
@@ -46,6 +48,7 @@ def reconstruction_loss(name: str) -> ReconLoss:
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) per image, summed over latent dims: `(B, D) -> (B,)`."""
+    mu, logvar = mu.float(), logvar.float()  # float32 even under bf16 autocast
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1)
 
 

@@ -62,6 +62,7 @@ class StridedAutoencoder(Autoencoder):
         decoder += [nn.ConvTranspose2d(back[-1], in_channels, 4, 2, 1), nn.Sigmoid()]
         self.decoder = nn.Sequential(*decoder)
         self.latent_shape = (latent_channels, h, w)
+        self.init_weights()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)  # (B, C, H, W) -> (B, latent_channels, H / 2^depth, W / 2^depth)

@@ -67,6 +67,7 @@ class UNet(Autoencoder):
         self.head = nn.Conv2d(widths[0], in_channels, 1)
         self.skip_widths = widths[:-1]
         self.latent_shape = (widths[-1], "any", "any")
+        self.init_weights()
 
     @property
     def embedding_dim(self) -> int:

@@ -70,6 +70,7 @@ class ConvVAE(Autoencoder):
         self.decoder = nn.Sequential(*decoder)
         self.latent_dim = latent_dim
         self.latent_shape = (latent_dim,)
+        self.init_weights()
 
     # Conditioning hooks, used by `cvae`: extra decoder inputs per image (none here).
     def condition_dim(self) -> int:

@@ -178,3 +178,12 @@ def test_wrapped_models_save_as_the_model_inside(tmp_path: Path) -> None:
     assert set(bundle.model.state_dict()) == set(model.state_dict())
     with pytest.raises(ConfigError, match="create_model"):
         save_bundle(torch.nn.Linear(2, 2), str(tmp_path / "plain"))
+
+
+def test_bundle_json_without_architecture_record_is_refused(saved: tuple[torch.nn.Module, Path]) -> None:
+    _, folder = saved
+    meta = json.loads((folder / META_FILE).read_text())
+    del meta["architecture"]
+    (folder / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="lacks its weights or architecture record"):
+        load_bundle(str(folder))
