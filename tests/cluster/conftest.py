@@ -97,6 +97,10 @@ class Head:
         env.update({k: v for k, v in self.auth_env(token).items() if v is not None})
         return env
 
+    def auth_header(self) -> dict[str, str]:
+        """The header that authenticates a raw HTTP request to this head."""
+        return {"Authorization": f"Bearer {self.token_file.read_text()}"}
+
     @staticmethod
     def unused_address() -> str:
         """A Jobs API address where nothing listens."""

@@ -80,10 +80,13 @@ def test_submit_embed_waits_and_writes_the_table(head, bucket: str) -> None:
     job_id = done.stdout.splitlines()[0]
     assert job_id.startswith("raeflow-embed-")
     assert "embed: 40 images in, 40 out, 0 rejected" in done.stdout  # the job's summary, followed live
+    assert f"Running entrypoint for job {job_id}: python jobs/embed.py --data" in done.stdout
     assert_complete_embedding_table(out)
 
     status = cli(["jobs", "status", job_id, "--address", head.address], head.auth_env())
     assert status.exit_code == 0 and status.stdout.startswith(f"{job_id}: SUCCEEDED")
+    info = requests.get(f"{head.address}/api/jobs/{job_id}", headers=head.auth_header(), timeout=10).json()
+    assert info["runtime_env"]["working_dir"].startswith("gcs://_ray_pkg_")  # this checkout travelled
     listing = cli(["jobs", "list", "--address", head.address], head.auth_env())
     assert any(line.startswith(job_id) and "SUCCEEDED" in line for line in listing.stdout.splitlines())
     logs = cli(["jobs", "logs", job_id, "--address", head.address], head.auth_env())
