@@ -99,7 +99,7 @@ def decode_image(
         elif header.format in ("jpeg", "webp"):
             pixels = _decode_torchvision(data, header, channels)
         else:
-            pixels = _decode_pillow(data)
+            pixels = _decode_pillow(data, channels)
     except ImageRejected:
         raise
     except Exception as exc:  # decoders raise RuntimeError, OSError, ValueError, MemoryError...
@@ -219,21 +219,25 @@ _PILLOW_CONVERT = {"1": "L", "P": "RGBA", "PA": "RGBA", "La": "LA", "RGBa": "RGB
 _PILLOW_CONVERT |= {"YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "RGBX": "RGB"}
 
 
-def _decode_pillow(data: bytes) -> np.ndarray:
+def _decode_pillow(data: bytes, channels: int | None) -> np.ndarray:
     from PIL import Image
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with Image.open(io.BytesIO(data)) as image:
-            image.seek(0)
-            mode = image.mode
-            if mode.startswith("I;16"):
-                wide = np.asarray(image).astype(np.uint32)  # (H, W) 16-bit
+        with Image.open(io.BytesIO(data)) as opened:
+            opened.seek(0)
+            if opened.mode.startswith("I;16"):
+                wide = np.asarray(opened).astype(np.uint32)  # (H, W) 16-bit
                 return ((wide * 255 + 32767) // 65535).astype(np.uint8)
-            if mode in _PILLOW_CONVERT:
-                return np.asarray(image.convert(_PILLOW_CONVERT[mode]))
-            if mode not in ("L", "LA", "RGB", "RGBA"):
-                raise ImageRejected("unsupported_mode", f"Pillow mode {mode}")
+            image: Image.Image = opened
+            if image.mode in _PILLOW_CONVERT:
+                image = image.convert(_PILLOW_CONVERT[image.mode])
+            elif image.mode not in ("L", "LA", "RGB", "RGBA"):
+                raise ImageRejected("unsupported_mode", f"Pillow mode {image.mode}")
+            # Without alpha, Pillow converts grey <-> RGB in C (the same 601 luma as `to_channels`).
+            wanted = {1: "L", 3: "RGB"}.get(channels or 0)
+            if wanted and image.mode in ("L", "RGB") and image.mode != wanted:
+                image = image.convert(wanted)
             return np.asarray(image)
 
 
