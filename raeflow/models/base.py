@@ -85,6 +85,21 @@ class Autoencoder(nn.Module):
         """`n` new images in [0, 1] drawn from the prior (generative models only)."""
         raise ConfigError(f"model '{self.arch_name}' is not generative; sample from a 'vae' or 'cvae' model")
 
+    def check_batch(self, x: torch.Tensor) -> None:
+        """Refuse a batch that is not `(B, C, H, W)` with the model's channels and (fixed) size.
+
+        Without it some families would silently return another size (`conv` upsamples to the
+        sizes it was built for) or fail deep inside with a matrix-shape error.
+        """
+        c = self.input_contract
+        want = (c["channels"], c["height"], c["width"])
+        if x.ndim != 4 or any(w != "any" and w != got for w, got in zip(want, x.shape[1:], strict=True)):
+            size = f"{c['channels']}x{c['height']}x{c['width']}"
+            raise ConfigError(
+                f"model '{self.arch_name}' takes batches of {size} images (B, C, H, W), got shape "
+                f"{tuple(x.shape)}; resize the images or build the model for this size"
+            )
+
     def init_weights(self) -> None:
         """He (Kaiming) initialisation for the ReLU stacks, zero biases.
 

@@ -59,6 +59,7 @@ class ConvAutoencoder(Autoencoder):
         self.init_weights()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_batch(x)
         return self.encoder(x)  # (B, C, H, W) -> (B, channels[-1], ceil(H / 2^L), ceil(W / 2^L))
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

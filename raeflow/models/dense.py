@@ -48,6 +48,7 @@ class DenseAutoencoder(Autoencoder):
         self.init_weights()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_batch(x)
         return self.encoder(x)  # (B, C, H, W) -> (B, latent_dim)
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -65,6 +65,7 @@ class StridedAutoencoder(Autoencoder):
         self.init_weights()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_batch(x)
         return self.encoder(x)  # (B, C, H, W) -> (B, latent_channels, H / 2^depth, W / 2^depth)
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:

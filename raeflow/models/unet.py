@@ -74,6 +74,7 @@ class UNet(Autoencoder):
         return int(self.latent_shape[0])
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_batch(x)
         h, w = x.shape[-2:]
         pad_h, pad_w = -h % self.stride, -w % self.stride
         if pad_h or pad_w:

@@ -83,6 +83,7 @@ class ConvVAE(Autoencoder):
 
     def posterior_params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of q(z|x), each `(B, latent_dim)`."""
+        self.check_batch(x)
         mu, logvar = self.posterior(self.encoder(x)).chunk(2, dim=1)
         return mu, logvar.clamp(-12.0, 12.0)  # keeps exp() finite early in training
 

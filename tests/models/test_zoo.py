@@ -134,3 +134,19 @@ def test_overrides_apply_on_top_of_a_preset() -> None:
     assert model.arch_args["channels"] == [32, 32, 16]
     assert model.input_contract["channels"] == 3
     assert model.latent_shape == (16, 4, 4)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_a_batch_of_the_wrong_shape_is_refused_with_both_shapes(name: str) -> None:
+    model = create_model(name)
+    good = _input_for(model)
+    wrong_channels = torch.rand(2, 4 - good.shape[1], *good.shape[2:])  # 1 <-> 3
+    with pytest.raises(ConfigError, match=r"got shape \(2, "):
+        model(wrong_channels)
+    if model.input_contract["height"] != "any":
+        with pytest.raises(ConfigError, match="x".join(str(d) for d in good.shape[1:])):
+            model.encode(torch.rand(2, good.shape[1], good.shape[2] + 4, good.shape[3]))
+
+
+def test_cvae_samples_for_a_plain_int_label() -> None:
+    assert create_model("cvae_mnist").sample(3, y=7).shape == (3, 1, 28, 28)
