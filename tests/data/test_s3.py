@@ -84,3 +84,14 @@ def test_missing_prefix_in_a_bucket(bucket: tuple[str, s3fs.S3FileSystem]) -> No
     uri, _ = bucket
     with pytest.raises(SourceError, match="no such file or folder"):
         open_source(f"{uri}/nothing-here")
+
+
+def test_ray_workers_read_the_bucket(bucket: tuple[str, s3fs.S3FileSystem], ray_session: None) -> None:
+    from raeflow.data.dataset import read_dataset
+
+    uri, _ = bucket
+    rows = read_dataset(open_source(f"{uri}/shards/*.tar")).take_all()
+    assert sorted((r["key"], r["shard"], r["label"]) for r in rows) == [("s0", 0, 0), ("s1", 1, 1)]
+    assert np.array_equal(
+        decode_image(rows[0]["image"] if rows[0]["key"] == "s0" else rows[1]["image"]), pixels(20)
+    )

@@ -119,3 +119,18 @@ def test_globs_of_tars_are_webdataset(tmp_path: Path, pattern: str) -> None:
     uri = str(tmp_path / pattern)
     assert detect_kind(uri) == "webdataset"
     assert read_all(open_source(uri))["key"].to_pylist() == ["k0", "k1", "k2"]
+
+
+def test_gzipped_tar_and_other_members_skipped(tmp_path: Path) -> None:
+    pixels = crops(2)
+    with tarfile.open(tmp_path / "part.tar.gz", "w:gz") as tar:
+        for i, image in enumerate(pixels):
+            for name, data in ((f"{i}.png", encode_image(image)), (f"{i}.mp4", b"\0" * 100_000)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    source = open_source(str(tmp_path))
+    assert source.kind == "webdataset"
+    table = read_all(source)
+    assert table["key"].to_pylist() == ["0", "1"] and table["error"].null_count == 2
+    assert np.array_equal(decode_image(table["image"][1].as_py()), pixels[1])

@@ -36,6 +36,8 @@ from raeflow.errors import SourceError
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
 """Fields that hold the image, in order of preference."""
+_READ_FIELDS = frozenset(IMAGE_FIELDS) | {"cls", "json"}
+"""Fields whose bytes are read; other members (captions, videos, ...) are skipped unread."""
 _MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # key = dirs + name up to its first dot
 
 
@@ -98,7 +100,7 @@ def _samples(fs: Any, path: str) -> Iterator[tuple[str, dict[str, bytes], str | 
                     if key is not None:
                         yield key, fields, None
                     key, fields = member_key, {}
-                handle = tar.extractfile(member)
+                handle = tar.extractfile(member) if field in _READ_FIELDS else None
                 fields[field] = handle.read() if handle is not None else b""
     except (tarfile.TarError, OSError, EOFError, ValueError, zlib.error) as exc:
         where = key if key is not None else posixpath.basename(path)
