@@ -70,3 +70,8 @@ def test_missing_path_says_what_was_expected_where(tmp_path: Path) -> None:
     assert str(tmp_path / "absent") in message and "expected" in message and "\n" not in message
     with pytest.raises(SourceError, match="nothing matches"):
         open_source(str(tmp_path / "absent" / "*.tar"))
+
+
+def test_unknown_protocol_is_a_one_line_source_error() -> None:
+    with pytest.raises(SourceError, match="cannot open nosuchproto://x: Protocol not known"):
+        open_source("nosuchproto://x")

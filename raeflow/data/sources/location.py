@@ -24,8 +24,9 @@ def filesystem(
     """The filesystem serving `uri` and the path within it (no protocol, no trailing slash)."""
     try:
         fs, path = url_to_fs(uri, **(storage_options or {}))
-    except (ImportError, ValueError) as exc:
-        raise SourceError(f"cannot open {uri}: {exc}") from exc
+    except (ImportError, ValueError, OSError) as exc:  # unknown protocol, missing driver (gcsfs, ...)
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SourceError(f"cannot open {uri}: {first_line}") from exc
     return fs, path.rstrip("/") or path
 
 
