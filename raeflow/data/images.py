@@ -118,7 +118,8 @@ def to_channels(pixels: np.ndarray, channels: int | None = None) -> np.ndarray:
         pixels = _composite_over_white(pixels)
     have = pixels.shape[2]
     if channels is None or channels == have:
-        return np.ascontiguousarray(pixels)
+        # Callers may change pixels in place (noise): views of read-only bytes get copied.
+        return np.ascontiguousarray(pixels) if pixels.flags.writeable else pixels.copy()
     if channels == 3:  # grey -> RGB
         return np.ascontiguousarray(np.repeat(pixels, 3, axis=2))
     # RGB -> grey with the ITU-R 601-2 luma weights in 8-bit fixed point (77, 150, 29)/256:

@@ -194,3 +194,14 @@ def test_corrupted_bytes_never_raise_anything_but_image_rejected(photo: np.ndarr
             assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3
             outcomes.add("decoded")
     assert len(outcomes) >= 2  # the mutations did reach both outcomes
+
+
+@pytest.mark.parametrize("fmt", ["raw", "png", "jpeg", "webp", "bmp"])
+@pytest.mark.parametrize("channels", [None, 1, 3])
+def test_decoded_pixels_are_writable_and_contiguous(
+    photo: np.ndarray, fmt: str, channels: int | None
+) -> None:
+    data = encode_raw(photo) if fmt == "raw" else pillow_bytes(Image.fromarray(photo), fmt.upper())
+    pixels = decode_image(data, channels=channels)
+    assert pixels.flags.writeable and pixels.flags.c_contiguous
+    pixels += 1  # in place, as noise does
