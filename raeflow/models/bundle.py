@@ -103,6 +103,9 @@ def _write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+                f.flush()
+                os.fsync(f.fileno())  # the data is on disk before the name points at it
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a bundle is meant to be shared
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):

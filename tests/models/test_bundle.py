@@ -187,3 +187,9 @@ def test_bundle_json_without_architecture_record_is_refused(saved: tuple[torch.n
     (folder / META_FILE).write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="lacks its weights or architecture record"):
         load_bundle(str(folder))
+
+
+def test_local_bundle_files_are_readable_by_others(saved: tuple[torch.nn.Module, Path]) -> None:
+    _, folder = saved
+    for name in (META_FILE, WEIGHTS_FILE):
+        assert (folder / name).stat().st_mode & 0o044 == 0o044
