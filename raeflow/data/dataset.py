@@ -57,6 +57,8 @@ class _ShardDatasource(Datasource):
         **_: object,
     ) -> list[ReadTask]:
         # One task per shard whatever `parallelism` asks for; `**_` takes what later Ray versions add.
+        # Older Ray versions' ReadTask has no row limit: pass it only when Ray asks for one.
+        limit = {} if per_task_row_limit is None else {"per_task_row_limit": per_task_row_limit}
         tasks = []
         for shard in self._shards:
             metadata = BlockMetadata(
@@ -67,7 +69,7 @@ class _ShardDatasource(Datasource):
                     _shard_reader(self._source, shard, self._batch_rows),
                     metadata,
                     schema=DATASET_SCHEMA,
-                    per_task_row_limit=per_task_row_limit,
+                    **limit,
                 )
             )
         return tasks

@@ -54,6 +54,7 @@ def test_one_read_task_per_shard_runs_on_workers() -> None:
     assert dataset.schema().base_schema == DATASET_SCHEMA
     stats = dataset.stats()
     assert "4 tasks executed" in stats
+    assert len(read_dataset(PidSource("pid:")).limit(5).take_all()) == 5
 
 
 def test_subset_of_shards_and_batch_rows(tmp_path: Path) -> None:
