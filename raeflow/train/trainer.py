@@ -213,11 +213,19 @@ class _EpochPrinter:
 
 
 def _failure_line(err: Exception) -> str:
-    """The most telling line of a Ray Train failure, for a one-line error."""
+    """What went wrong on which rank, in one line, from a Ray Train failure."""
+    failures = getattr(err, "worker_failures", None) or {}
+    parts = []
+    for rank, failure in sorted(failures.items()):
+        lines = [line.strip() for line in str(failure).splitlines() if line.strip()]
+        telling = next(
+            (line for line in lines if "Error" in line or "died" in line), lines[0] if lines else ""
+        )
+        parts.append(f"rank {rank}: {type(failure).__name__}: {telling[:160]}")
+    if parts:
+        parts.sort(key=lambda part: "died" not in part)  # the rank that died first, its peers' echoes after
+        return "; ".join(parts)
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    for line in lines:
-        if any(word in line for word in ("Error", "died", "exited", "Exception")) and "Traceback" not in line:
-            return line[:300]
     return (lines[-1] if lines else type(err).__name__)[:300]
 
 
@@ -271,10 +279,13 @@ def run_training(config: TrainConfig, echo=print) -> TrainSummary:
         with _EpochPrinter(log, echo):
             trainer.fit()
     except ray.train.TrainingFailedError as err:
-        done = max((r["epoch"] for r in log.read()), default=0)
+        where = (
+            "from its latest checkpoint"
+            if has_checkpoint(config.out)
+            else "(no checkpoint yet: from scratch)"
+        )
         raise JobError(
-            f"training failed ({_failure_line(err)}); rerun the same command to continue from the "
-            f"latest checkpoint in {config.out} (metrics recorded up to epoch {done}), "
+            f"training failed ({_failure_line(err)}); rerun the same command to continue {where}, "
             "or raise --max-failures to retry automatically"
         ) from None
     bundle = f"{config.out.rstrip('/')}/model"
