@@ -14,7 +14,8 @@ code), untrained: throughput does not depend on the weights. In one run, on the 
   same shards with pyarrow and decodes with the same `decode_image`; the main process runs
   `model.embed` and writes one Parquet file per shard with pyarrow.
 Both times are wall clock of the whole call (process/actor start-up included). The driver's
-resident memory is sampled every 20 ms in a thread during each raeflow run.
+memory is sampled every 20 ms in a thread during each raeflow run: resident set (which includes
+object-store pages the driver has read) and private memory (its own heap).
 """
 
 from __future__ import annotations
@@ -114,21 +115,28 @@ def run_baseline(data: Path, bundle: str, out: Path, batch_size: int) -> float:
     return time.perf_counter() - started
 
 
-class PeakRss:
-    """Samples this process's resident memory in a thread; `peak` is the highest seen (bytes)."""
+class PeakMemory:
+    """Samples this process's memory every 20 ms in a thread (Linux /proc): the peak resident set
+    (`rss`, which also counts pages of Ray's shared-memory object store the driver has read) and
+    the peak private memory (`private`: the driver's own heap, what would grow with a leak)."""
 
     def __init__(self, every: float = 0.02) -> None:
-        self.every, self.peak, self._stop = every, 0, threading.Event()
+        self.every, self.rss, self.private, self._stop = every, 0, 0, threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def _sample(self) -> None:
-        page = os.sysconf("SC_PAGE_SIZE")
         while not self._stop.is_set():
-            with open("/proc/self/statm") as statm:  # size, resident, ... in pages (Linux)
-                self.peak = max(self.peak, int(statm.read().split()[1]) * page)
+            fields = {}
+            with open("/proc/self/smaps_rollup") as rollup:
+                for line in rollup:
+                    name, _, rest = line.partition(":")
+                    if rest.strip().endswith("kB"):
+                        fields[name] = int(rest.split()[0]) * 1024
+            self.rss = max(self.rss, fields.get("Rss", 0))
+            self.private = max(self.private, fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0))
             time.sleep(self.every)
 
-    def __enter__(self) -> PeakRss:
+    def __enter__(self) -> PeakMemory:
         self._thread.start()
         return self
 
@@ -137,8 +145,10 @@ class PeakRss:
         self._thread.join()
 
 
-def run_raeflow(data: Path, bundle: str, out: Path, batch_size: int, workers: int) -> tuple[float, int]:
-    """Embed with `run_embed` on the local Ray; returns seconds and the driver's peak RSS."""
+def run_raeflow(
+    data: Path, bundle: str, out: Path, batch_size: int, workers: int
+) -> tuple[float, PeakMemory]:
+    """Embed with `run_embed` on the local Ray; returns seconds and the driver's peak memory."""
     from raeflow.batch.config import EmbedConfig, RunOptions
     from raeflow.batch.embed import run_embed
 
@@ -148,12 +158,12 @@ def run_raeflow(data: Path, bundle: str, out: Path, batch_size: int, workers: in
         out=str(out),
         run=RunOptions(batch_size=batch_size, workers=workers, quiet=True),
     )
-    with PeakRss() as rss:
+    with PeakMemory() as memory:
         started = time.perf_counter()
         summary = run_embed(config)
         seconds = time.perf_counter() - started
     assert summary.images_out == summary.images_in, summary
-    return seconds, rss.peak
+    return seconds, memory
 
 
 def main() -> None:
@@ -182,25 +192,21 @@ def main() -> None:
             write_shards(data, size, args.shard_rows)
         for repeat in range(args.repeats):
             baseline = run_baseline(data, bundle, work / f"base-{size}-{repeat}", args.batch_size)
-            seconds, peak = run_raeflow(
+            seconds, memory = run_raeflow(
                 data, bundle, work / f"ray-{size}-{repeat}", args.batch_size, args.workers
             )
-            results.append((size, size / seconds, size / baseline, peak))
+            results.append((size, size / seconds, size / baseline, memory.rss, memory.private))
+            print("result:", results[-1], flush=True)
             shutil.rmtree(work / f"base-{size}-{repeat}")
             shutil.rmtree(work / f"ray-{size}-{repeat}")
     ray.shutdown()
 
-    header = ("images", "raeflow img/s", "DataLoader img/s", "ratio", "driver peak RSS")
+    header = ("images", "raeflow img/s", "DataLoader img/s", "ratio", "driver peak RSS", "driver private")
     print("\n" + " | ".join(f"{h:>16}" for h in header))
-    print("-" * 92)
-    for size, ours, theirs, peak in results:
-        cells = (
-            f"{size:,}",
-            f"{ours:,.0f}",
-            f"{theirs:,.0f}",
-            f"{ours / theirs:.2f}",
-            f"{peak / 2**20:,.0f} MiB",
-        )
+    print("-" * 111)
+    for size, ours, theirs, rss, private in results:
+        mib = (f"{rss / 2**20:,.0f} MiB", f"{private / 2**20:,.0f} MiB")
+        cells = (f"{size:,}", f"{ours:,.0f}", f"{theirs:,.0f}", f"{ours / theirs:.2f}", *mib)
         print(" | ".join(f"{c:>16}" for c in cells))
     print(
         f"\n{os.cpu_count()} CPUs, batch {args.batch_size}, {args.workers} predictor actor(s), "

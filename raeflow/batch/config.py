@@ -22,8 +22,10 @@ class RunOptions:
     """Predictor actors; default: one per GPU with --gpu, else one."""
     gpu: bool = False
     """Give each predictor actor one GPU."""
+    decode_in_read: bool = True
+    """Decode inside the read tasks (else: a separate CPU map step, which Ray may fuse into the actors)."""
     decode_batch_size: int | None = None
-    """Images per decode call; default: one read block, which lets Ray run decoding in the read tasks."""
+    """Images per call of the separate decode step (without decode_in_read); default: one read block."""
     address: str | None = None
     """Ray cluster to connect to; default: $RAY_ADDRESS, else a local Ray."""
     max_rejected: float | None = None

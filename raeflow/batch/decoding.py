@@ -10,6 +10,7 @@ that any image size fits into, and no Ray tensor extension type.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,7 @@ import pyarrow as pa
 
 from raeflow.data import images
 from raeflow.data.image_header import sniff_format
+from raeflow.data.sources.base import Shard, Source
 
 DECODED_SCHEMA = pa.schema(
     [
@@ -83,8 +85,7 @@ def decode_rows(batch: pa.Table, spec: DecodeSpec) -> pa.Table:
         shapes.append(array.shape)  # (H, W, C)
     height, width, channels = (np.asarray([s[i] for s in shapes], dtype=np.int32) for i in range(3))
     columns = {name: batch.column(name) for name in PASS_THROUGH if name in batch.column_names}
-    if "label" not in columns:
-        columns["label"] = pa.nulls(batch.num_rows, pa.int64())
+    columns.setdefault("label", pa.nulls(batch.num_rows, pa.int64()))
     columns.update(
         reason=pa.array(reasons, pa.string()),
         pixels=pa.array(pixels, pa.large_binary()),
@@ -93,10 +94,9 @@ def decode_rows(batch: pa.Table, spec: DecodeSpec) -> pa.Table:
         channels=pa.array(channels),
         format=pa.array(formats, pa.string()),
     )
-    return pa.table(
-        [columns[name].cast(DECODED_SCHEMA.field(name).type) for name in DECODED_SCHEMA.names],
-        schema=DECODED_SCHEMA,
-    )
+    # `shard` is absent when decoding runs inside a read task (`DecodingSource`); the read adds it.
+    fields = [field for field in DECODED_SCHEMA if field.name in columns]
+    return pa.table([columns[f.name].cast(f.type) for f in fields], schema=pa.schema(fields))
 
 
 def decode_one(data: bytes, spec: DecodeSpec) -> np.ndarray:
@@ -120,3 +120,28 @@ def pixels_of(table: pa.Table) -> list[np.ndarray | None]:
     for data, h, w, c, reason in zip(datas, heights, widths, channels, reasons, strict=True):
         out.append(None if reason is not None else np.frombuffer(data, dtype=np.uint8).reshape(h, w, c))
     return out
+
+
+class DecodingSource(Source):
+    """A source whose shards read as decoded rows, so decoding runs inside Ray Data's read tasks.
+
+    Rows come out in `DECODED_SCHEMA` (without `shard`, which `read_dataset` adds): encoded bytes
+    never enter the object store, and there is no separate decode step for Ray to fuse elsewhere.
+    """
+
+    def __init__(self, source: Source, spec: DecodeSpec) -> None:
+        super().__init__(source.uri, storage_options=source.storage_options)
+        self.source = source
+        self.spec = spec
+        self.kind = source.kind
+        self.has_labels = source.has_labels
+
+    def list_shards(self) -> list[Shard]:
+        return self.source.list_shards()
+
+    def read_shard(self, shard: Shard, *, batch_rows: int = 256) -> Iterator[pa.Table]:
+        for table in self.source.read_shard(shard, batch_rows=batch_rows):
+            yield decode_rows(table, self.spec)
+
+    def describe(self) -> str:
+        return self.source.describe()

@@ -1,7 +1,7 @@
 """Run a batch job as one Ray Data stream, writing each input shard's output exactly once.
 
-    pending shards -> read_dataset (one read task per shard)
-                   -> decode_rows            CPU tasks: bytes -> raw pixels, bad images get a reason
+    pending shards -> read_dataset           one CPU read task per shard, decoding as it reads
+                                             (decode_rows: bytes -> raw pixels, bad images get a reason)
                    -> Predictor              actor pool (GPU with --gpu): one pyarrow batch per call
                    -> driver                 iter_batches in shard order; per finished shard:
                                              writer outputs, _rejected/ part, then _manifest/ record
@@ -42,18 +42,18 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from raeflow.batch.config import RunOptions
-from raeflow.batch.decoding import DecodeSpec, decode_rows
-from raeflow.batch.manifest import REJECTED_DIR, Manifest, ShardRecord
+from raeflow.batch.decoding import DecodeSpec, DecodingSource, decode_rows
+from raeflow.batch.manifest import Manifest, ShardRecord
 from raeflow.batch.output import OutputDir
+from raeflow.batch.summary import JobSummary, check_rejected, summarise
 from raeflow.data.sources.base import Shard, Source
-from raeflow.errors import JobError
 
 CRASH_HOOK = "RAEFLOW_TEST_CRASH_AFTER_SHARDS"
 """Test hook: after this many shards are finished, the driver exits half-way through writing the next."""
@@ -117,52 +117,6 @@ class BatchJob:
     """What to show as the outputs in the summary (e.g. `part-*.parquet`); default: the folder."""
 
 
-@dataclass
-class JobSummary:
-    """What a batch job did: counts over the whole output folder, speed of this run."""
-
-    job: str
-    """The job's kind."""
-    out: str
-    """The output folder URI."""
-    num_shards: int
-    """Input shards in the source."""
-    num_shards_skipped: int
-    """Shards already finished by an earlier run and skipped now."""
-    images_in: int
-    """Images read (all runs into this folder)."""
-    images_out: int
-    """Images written."""
-    images_rejected: int
-    """Images that could not be used (see `rejected`)."""
-    seconds: float
-    """Wall time of this run."""
-    images_per_second: float
-    """Images processed by this run per second of its wall time."""
-    outputs: list[str] = field(default_factory=list)
-    """Where the outputs are (URIs or globs)."""
-    rejected: str | None = None
-    """URI of the `_rejected/` table, when any image was rejected."""
-
-    def lines(self) -> list[str]:
-        """A one-screen, human-readable summary."""
-        skipped = f" ({self.num_shards_skipped} already done)" if self.num_shards_skipped else ""
-        text = [
-            f"{self.job}: {self.images_in:,} images in, {self.images_out:,} out, "
-            f"{self.images_rejected:,} rejected",
-            f"  shards:   {self.num_shards}{skipped}",
-            f"  speed:    {self.images_per_second:,.1f} images/s ({self.seconds:.1f} s this run)",
-        ]
-        text += [f"  output:   {path}" for path in self.outputs]
-        if self.rejected:
-            text.append(f"  rejected: {self.rejected}")
-        return text
-
-    def as_dict(self) -> dict[str, Any]:
-        """The summary as JSON-serialisable values."""
-        return asdict(self)
-
-
 def connect_ray(address: str | None = None) -> None:
     """Connect to the Ray at `address` (else $RAY_ADDRESS, else a new local Ray), unless connected."""
     import ray
@@ -198,8 +152,10 @@ def run_batch_job(job: BatchJob) -> JobSummary:
         for record in _stream(job, pending, manifest):
             done[record.shard] = record
             progress.shard_done(record)
-    summary = _summarise(job, shards, done, pending, time.monotonic() - started)
-    _check_rejected(job, summary)
+    summary = summarise(
+        job.name, job.out, shards, done, pending, time.monotonic() - started, outputs_hint=job.outputs_hint
+    )
+    check_rejected(summary, job.run.max_rejected)
     summary.outputs += job.writer.end_job(summary)
     manifest.mark_success(summary.as_dict())
     return summary
@@ -213,13 +169,15 @@ def _stream(job: BatchJob, pending: list[Shard], manifest: Manifest) -> Iterator
 
     connect_ray(job.run.address)
     options = job.run
-    ds = read_dataset(job.source, pending)
-    ds = ds.map_batches(
-        decode_rows,
-        fn_kwargs={"spec": job.decode},
-        batch_format="pyarrow",
-        batch_size=options.decode_batch_size,  # None: whole read blocks
-    )
+    if options.decode_in_read:  # decoding runs inside the read tasks
+        ds = read_dataset(DecodingSource(job.source, job.decode), pending)
+    else:
+        ds = read_dataset(job.source, pending).map_batches(
+            decode_rows,
+            fn_kwargs={"spec": job.decode},
+            batch_format="pyarrow",
+            batch_size=options.decode_batch_size,
+        )
     gpu_args = {"num_gpus": 1} if options.gpu else {}
     ds = ds.map_batches(
         job.predictor,
@@ -323,40 +281,6 @@ def _default_workers(gpu: bool) -> int:
 
         return max(1, int(ray.cluster_resources().get("GPU", 1)))
     return 1
-
-
-def _summarise(
-    job: BatchJob, shards: list[Shard], done: dict[int, ShardRecord], pending: list[Shard], seconds: float
-) -> JobSummary:
-    images_in = sum(r.rows_in for r in done.values())
-    processed = sum(done[s.index].rows_in for s in pending if s.index in done)
-    rejected = sum(r.rows_rejected for r in done.values())
-    return JobSummary(
-        job=job.name,
-        out=job.out.url(),
-        num_shards=len(shards),
-        num_shards_skipped=len(shards) - len(pending),
-        images_in=images_in,
-        images_out=sum(r.rows_out for r in done.values()),
-        images_rejected=rejected,
-        seconds=round(seconds, 3),
-        images_per_second=round(processed / seconds, 1) if seconds > 0 else 0.0,
-        outputs=[job.out.url(job.outputs_hint)] if job.outputs_hint else [job.out.url()],
-        rejected=job.out.url(REJECTED_DIR + "/") if rejected else None,
-    )
-
-
-def _check_rejected(job: BatchJob, summary: JobSummary) -> None:
-    if summary.images_in == 0:
-        return
-    fraction = summary.images_rejected / summary.images_in
-    limit = job.run.max_rejected
-    if (limit is not None and fraction > limit) or summary.images_out == 0:
-        raise JobError(
-            f"{summary.images_rejected:,} of {summary.images_in:,} images ({fraction:.1%}) were rejected"
-            + (f", more than --max-rejected {limit}" if limit is not None else "")
-            + f"; see the reasons in {summary.rejected}"
-        )
 
 
 class _Progress:

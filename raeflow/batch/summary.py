@@ -1,0 +1,99 @@
+"""What a batch job did: counts over the whole output folder, the speed of this run, where things are."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from raeflow.batch.manifest import REJECTED_DIR, ShardRecord
+from raeflow.batch.output import OutputDir
+from raeflow.data.sources.base import Shard
+from raeflow.errors import JobError
+
+
+@dataclass
+class JobSummary:
+    """What a batch job did: counts over the whole output folder, speed of this run."""
+
+    job: str
+    """The job's kind."""
+    out: str
+    """The output folder URI."""
+    num_shards: int
+    """Input shards in the source."""
+    num_shards_skipped: int
+    """Shards already finished by an earlier run and skipped now."""
+    images_in: int
+    """Images read (all runs into this folder)."""
+    images_out: int
+    """Images written."""
+    images_rejected: int
+    """Images that could not be used (see `rejected`)."""
+    seconds: float
+    """Wall time of this run."""
+    images_per_second: float
+    """Images processed by this run per second of its wall time."""
+    outputs: list[str] = field(default_factory=list)
+    """Where the outputs are (URIs or globs)."""
+    rejected: str | None = None
+    """URI of the `_rejected/` table, when any image was rejected."""
+
+    def lines(self) -> list[str]:
+        """A one-screen, human-readable summary."""
+        skipped = f" ({self.num_shards_skipped} already done)" if self.num_shards_skipped else ""
+        text = [
+            f"{self.job}: {self.images_in:,} images in, {self.images_out:,} out, "
+            f"{self.images_rejected:,} rejected",
+            f"  shards:   {self.num_shards}{skipped}",
+            f"  speed:    {self.images_per_second:,.1f} images/s ({self.seconds:.1f} s this run)",
+        ]
+        text += [f"  output:   {path}" for path in self.outputs]
+        if self.rejected:
+            text.append(f"  rejected: {self.rejected}")
+        return text
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary as JSON-serialisable values."""
+        return asdict(self)
+
+
+def summarise(
+    job: str,
+    out: OutputDir,
+    shards: list[Shard],
+    done: dict[int, ShardRecord],
+    pending: list[Shard],
+    seconds: float,
+    *,
+    outputs_hint: str = "",
+) -> JobSummary:
+    """The summary of a folder whose finished shards are `done`, after a run that did `pending`."""
+    images_in = sum(r.rows_in for r in done.values())
+    processed = sum(done[s.index].rows_in for s in pending if s.index in done)
+    rejected = sum(r.rows_rejected for r in done.values())
+    return JobSummary(
+        job=job,
+        out=out.url(),
+        num_shards=len(shards),
+        num_shards_skipped=len(shards) - len(pending),
+        images_in=images_in,
+        images_out=sum(r.rows_out for r in done.values()),
+        images_rejected=rejected,
+        seconds=round(seconds, 3),
+        images_per_second=round(processed / seconds, 1) if seconds > 0 else 0.0,
+        outputs=[out.url(outputs_hint)] if outputs_hint else [out.url()],
+        rejected=out.url(REJECTED_DIR + "/") if rejected else None,
+    )
+
+
+def check_rejected(summary: JobSummary, max_rejected: float | None) -> None:
+    """Raise `JobError` when more than `max_rejected` of the images (or all of them) were rejected."""
+    if summary.images_in == 0:
+        return
+    fraction = summary.images_rejected / summary.images_in
+    if (max_rejected is not None and fraction > max_rejected) or summary.images_out == 0:
+        raise JobError(
+            f"{summary.images_rejected:,} of {summary.images_in:,} images ({fraction:.1%}) were rejected"
+            + (f", more than --max-rejected {max_rejected}" if max_rejected is not None else "")
+            + f"; see the reasons in {summary.rejected}"
+        )
