@@ -3,7 +3,7 @@
     .venv/bin/python bench/train_throughput.py
     .venv/bin/python bench/train_throughput.py --limit 5000 --epochs 4 --batch-size 64
 
-Same model (`conv`, 28x28x1, 16-8-8 channels), same data (`builtin:mnist`, the first `--limit`
+Same model (`conv`, 28x28x1, 16-8-8 channels, BCE loss), same data (`builtin:mnist`, the first `--limit`
 digits, 90% training split), same batch size and epochs, in one run:
 - `plain`: `raeflow.train.plain.run_plain`, one process, batches decoded in it (world size 1);
 - `ray x1`, `ray x2`: `raeflow.train.trainer.run_training` on a local Ray, 1 or 2 TorchTrainer

@@ -107,7 +107,12 @@ def plan_run(config: TrainConfig, source) -> RunPlan:
             )
     else:
         train_h, train_w = height, width
-    create_model(config.model_name, **args)  # refuses sizes the architecture cannot take
+    model = create_model(config.model_name, **args)  # refuses sizes the architecture cannot take
+    if model.conditional and not getattr(source, "has_labels", False):
+        raise ConfigError(
+            f"model {config.model_name!r} is conditioned on labels but {config.data} has none; "
+            "use a labelled source (builtin:mnist, mnist, cifar10, ...) or an unconditional model (vae)"
+        )
     return RunPlan(
         model_name=config.model_name,
         model_args=args,

@@ -80,3 +80,10 @@ def test_validation_split_is_stable_and_about_the_asked_fraction() -> None:
     assert chosen == [key for key in keys if is_validation(key, 0.1)]
     assert 400 < len(chosen) < 600
     assert set(chosen) <= {key for key in keys if is_validation(key, 0.2)}  # a larger split contains it
+
+
+def test_conditional_model_needs_labels() -> None:
+    with pytest.raises(ConfigError, match="conditioned on labels but builtin:photos has none"):
+        plan_run(
+            _config(data="builtin:photos", model="cvae", image_size=(32, 32)), open_source("builtin:photos")
+        )

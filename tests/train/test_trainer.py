@@ -25,7 +25,7 @@ from raeflow.train.trainer import run_training
 pytestmark = pytest.mark.slow
 
 
-def _config(out: Path, **overrides) -> TrainConfig:
+def _config(out: Path | str, **overrides) -> TrainConfig:
     settings = {"data": "builtin:mnist", "model": "conv", "out": str(out), "limit": 400, "batch_size": 32}
     return TrainConfig(**{**settings, "cpus_per_worker": 0.5, **overrides})
 
@@ -111,3 +111,19 @@ def test_conv_beats_the_mean_image_and_denoiser_beats_its_input(ray_session, tmp
     noisy = run_training(_config(tmp_path / "denoise", **denoise, **common)).last
     print(f"denoiser {noisy['val_psnr']:.2f} dB from noisy input {noisy['val_noisy_psnr']:.2f} dB")
     assert noisy["val_psnr"] > noisy["val_noisy_psnr"] + 1.5, (noisy["val_psnr"], noisy["val_noisy_psnr"])
+
+
+def test_run_into_a_bucket_writes_and_resumes_there(ray_session, s3_bucket: str) -> None:
+    import s3fs
+
+    out = f"{s3_bucket}/runs/mnist"
+    run_training(_config(out, epochs=1, limit=200))
+    summary = run_training(_config(out, epochs=2, limit=200))
+    assert summary.resumed_from == 1 and summary.bundle == f"{out}/model"
+    fs = s3fs.S3FileSystem()
+    fs.invalidate_cache()
+    records = [json.loads(line) for line in fs.cat_file(f"{out}/metrics.jsonl").decode().splitlines()]
+    assert [(r["epoch"], r["restored_from_epoch"]) for r in records] == [(1, 0), (2, 1)]
+    assert fs.exists(f"{out}/checkpoints/checkpoint-epoch-0002/optimizer.safetensors")
+    assert fs.exists(f"{out}/grids/epoch-0002.png")
+    assert load_bundle(f"{out}/model").meta["training"]["epochs"] == 2
