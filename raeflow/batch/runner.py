@@ -126,8 +126,8 @@ def connect_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=False)
+    else:  # "local": a new Ray even when another one (`ray start`) runs on this machine
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
 
 
 def run_batch_job(job: BatchJob) -> JobSummary:
