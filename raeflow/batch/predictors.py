@@ -157,6 +157,8 @@ class DenoisePredictor(_Predictor):
                     data = encode_output(denoised, fmt, quality=self.jpeg_quality)
                 except images.ImageRejected as rejected:
                     reasons[i], fmt = str(rejected), None
+                except (ValueError, OSError) as err:  # the encoder refused this image
+                    reasons[i], fmt = f"encode_error: {err}", None
             datas.append(data)
             out_formats.append(fmt)
         payload = {

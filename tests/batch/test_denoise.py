@@ -134,3 +134,17 @@ def test_fixed_size_model_needs_resize(ray_session, tmp_path, conv_bundle, photo
         run_denoise(_config(tmp_path / "in", conv_bundle, tmp_path / "refused"))
     run_denoise(_config(tmp_path / "in", conv_bundle, tmp_path / "out", resize=True))
     assert images.decode_image((tmp_path / "out" / "a.png").read_bytes()).shape == (40, 50, 1)
+
+
+def test_cli_refuses_a_size_misfit_in_one_line(tmp_path, conv_bundle, photo, raeflow_cli):
+    import subprocess
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_bytes(images.encode_image(np.ascontiguousarray(photo[:40, :50]), "png"))
+    command = [*raeflow_cli, "denoise", "--data", str(tmp_path / "in"), "--model", conv_bundle]
+    done = subprocess.run([*command, "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: model {conv_bundle} takes 28x28 images but a is 40x50; pass --resize to resize each image "
+        "to the model's size and back, or use a fully convolutional model (unet)"
+    ]
