@@ -162,7 +162,9 @@ def run_raeflow(data: Path, bundle: str, out: Path, batch_size: int, workers: in
         str(batch_size),
         str(workers),
     ]
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the raeflow driver failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
