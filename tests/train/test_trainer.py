@@ -62,14 +62,17 @@ def test_rerun_with_more_epochs_continues_from_the_last_checkpoint(ray_session, 
 
 def test_lost_worker_restarts_from_the_last_checkpoint(ray_session, tmp_path: Path, monkeypatch) -> None:
     out, marker = tmp_path / "run", tmp_path / "failed-once"
-    # 2 workers share ~360 training images: 6 steps per epoch each, so step 9 is inside epoch 2.
-    monkeypatch.setenv(FAIL_AT_ENV, "rank:1,step:9")
+    # 2 workers share ~360 training images: 6 steps per epoch each, so step 15 is inside epoch 3.
+    monkeypatch.setenv(FAIL_AT_ENV, "rank:1,step:15")
     monkeypatch.setenv(FAIL_MARKER_ENV, str(marker))
     summary = run_training(_config(out, epochs=3, workers=2, max_failures=1))
     assert marker.exists(), "the test hook never fired"
     records = _records(out)
-    assert [r["epoch"] for r in records] == [1, 2, 3]
-    assert [r["restored_from_epoch"] for r in records] == [0, 1, 1]
+    assert [r["epoch"] for r in records] == [1, 2, 3]  # each epoch once: redone epochs replace their line
+    assert records[0]["restored_from_epoch"] == 0
+    # Ray registers a reported checkpoint when it next polls the workers (every 2 s), so a failure
+    # right after epoch 2's report may restart from epoch 1's checkpoint; never from scratch.
+    assert records[2]["restored_from_epoch"] in (1, 2)
     assert all(r["rank_train_images"][0] == r["rank_train_images"][1] > 0 for r in records)
     assert summary.epochs == 3 and load_bundle(str(out / "model")).meta["training"]["workers"] == 2
 
