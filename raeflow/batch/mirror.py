@@ -57,7 +57,8 @@ class FolderMirror(ShardWriter):
     def add_rows(self, rows: pa.Table) -> pa.Table | None:
         keys, sources = rows.column("key").to_pylist(), rows.column("source").to_pylist()
         formats, datas = rows.column("out_format").to_pylist(), rows.column("data").to_pylist()
-        keep, reasons = [True] * rows.num_rows, [None] * rows.num_rows
+        keep = [True] * rows.num_rows
+        reasons: list[str | None] = [None] * rows.num_rows
         for i, (key, source, fmt, data) in enumerate(zip(keys, sources, formats, datas, strict=True)):
             try:
                 self.out.put(self.relpath(key, source, fmt), data)
@@ -118,7 +119,8 @@ class _BufferedMirror(ShardWriter):
     def add_rows(self, rows: pa.Table) -> pa.Table | None:
         keys = rows.column("key").to_pylist()
         datas, formats = rows.column("data").to_pylist(), rows.column("out_format").to_pylist()
-        keep, reasons = [True] * rows.num_rows, [None] * rows.num_rows
+        keep = [True] * rows.num_rows
+        reasons: list[str | None] = [None] * rows.num_rows
         for i, (key, data, fmt) in enumerate(zip(keys, datas, formats, strict=True)):
             try:
                 safe_relpath(key)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from raeflow.batch.decoding import PASS_THROUGH, pixels_of
 from raeflow.batch.tiling import padded_apply, tiled_apply
 from raeflow.data import images
-from raeflow.models import load_bundle
+from raeflow.models import Autoencoder, load_bundle
 
 SIZE_MULTIPLE = 32
 """Fully convolutional models run on images padded to a multiple of this (at least their stride)."""
@@ -81,24 +81,26 @@ class EncodePredictor(_Predictor):
     def __call__(self, batch: pa.Table) -> pa.Table:
         arrays = pixels_of(batch)
         vectors = np.zeros((batch.num_rows, self.dim), dtype=np.float32)  # (N, D)
-        for rows in _same_shape_groups(arrays):
-            x = to_tensor([arrays[i] for i in rows]).to(self.device)  # (B, C, H, W)
+        for rows, group in _same_shape_groups(arrays):
+            x = to_tensor(group).to(self.device)  # (B, C, H, W)
             vectors[rows] = self.model.embed(x).float().cpu().numpy()  # (B, D)
         flat = pa.array(vectors.reshape(-1), pa.float32())
         reasons = batch.column("reason").to_pylist()
         return _result(batch, reasons, {"embedding": pa.FixedSizeListArray.from_arrays(flat, self.dim)})
 
 
-def _same_shape_groups(arrays: list[np.ndarray | None]) -> list[list[int]]:
-    """Indices of the usable images, grouped by shape so each group stacks into one batch."""
-    groups: dict[tuple[int, ...], list[int]] = {}
+def _same_shape_groups(arrays: list[np.ndarray | None]) -> list[tuple[list[int], list[np.ndarray]]]:
+    """The usable images grouped by shape (row indices, images), so each group stacks into one batch."""
+    groups: dict[tuple[int, ...], tuple[list[int], list[np.ndarray]]] = {}
     for i, array in enumerate(arrays):
         if array is not None:
-            groups.setdefault(array.shape, []).append(i)
+            rows, group = groups.setdefault(array.shape, ([], []))
+            rows.append(i)
+            group.append(array)
     return list(groups.values())
 
 
-def embedding_dim(model: torch.nn.Module, channels: int, height: object, width: object) -> int:
+def embedding_dim(model: Autoencoder, channels: int, height: object, width: object) -> int:
     """Length of one image's embedding (probed at `height` x `width` when the model cannot say)."""
     try:
         return int(model.embedding_dim)
@@ -238,8 +240,8 @@ class ReconstructPredictor(_Predictor):
         arrays = pixels_of(batch)
         reasons = batch.column("reason").to_pylist()
         recons: list[bytes] = [b""] * batch.num_rows
-        for rows in _same_shape_groups(arrays):
-            x = to_tensor([arrays[i] for i in rows]).to(self.device)  # (B, C, H, W)
+        for rows, group in _same_shape_groups(arrays):
+            x = to_tensor(group).to(self.device)  # (B, C, H, W)
             out = self.model(x)["recon"].float()  # (B, C, H, W)
             for i, y in zip(rows, out, strict=True):
                 recons[i] = to_uint8(y).tobytes()

@@ -173,19 +173,18 @@ def _stream(job: BatchJob, pending: list[Shard], manifest: Manifest) -> Iterator
         ds = read_dataset(DecodingSource(job.source, job.decode), pending)
     else:
         ds = read_dataset(job.source, pending).map_batches(
-            decode_rows,
+            decode_rows,  # type: ignore[arg-type]  # a pyarrow batch function with keyword settings
             fn_kwargs={"spec": job.decode},
             batch_format="pyarrow",
             batch_size=options.decode_batch_size,
         )
-    gpu_args = {"num_gpus": 1} if options.gpu else {}
     ds = ds.map_batches(
         job.predictor,
         fn_constructor_kwargs=job.predictor_kwargs,
         compute=ray.data.ActorPoolStrategy(size=options.workers or _default_workers(options.gpu)),
         batch_size=options.batch_size,
         batch_format="pyarrow",
-        **gpu_args,
+        num_gpus=1 if options.gpu else None,
     )
     ds.context.execution_options.preserve_order = True  # rows arrive sorted by shard
     crash_after = int(os.environ.get(CRASH_HOOK, "-1"))
