@@ -14,6 +14,7 @@ each epoch's line as rank 0 adds it to `<out>/metrics.jsonl`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import threading
@@ -28,6 +29,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from ray.data import ExecutionOptions
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
@@ -110,18 +112,24 @@ class RayRuntime:
 def _train_fn_per_worker(loop_config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
     config: TrainConfig = loop_config["config"]
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))))
     train_worker(config, loop_config["plan"], RayRuntime(config))
 
 
 def _storage(out: str) -> tuple[str, Any]:
     """`RunConfig` storage path and filesystem for an output URI (buckets go through fsspec)."""
     fs, path = fsspec.core.url_to_fs(out)
-    if fs.protocol in ("file", "local") or "file" in fs.protocol:
-        return os.path.abspath(path), None
+    if isinstance(fs, LocalFileSystem):
+        return path, None
     import pyarrow.fs
 
     return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def _absolute(uri: str) -> str:
+    """A local path made absolute (workers run in other folders); URIs with a scheme stay as they are."""
+    if "://" in uri or uri.startswith("builtin:"):
+        return uri
+    return os.path.abspath(uri)
 
 
 def has_checkpoint(out: str) -> bool:
@@ -231,7 +239,7 @@ def _failure_line(err: Exception) -> str:
 
 def run_training(config: TrainConfig, echo=print) -> TrainSummary:
     """Train (or continue training) as `config` says on Ray Train; returns where the bundle is."""
-    config.validate()
+    config = dataclasses.replace(config.validate(), data=_absolute(config.data), out=_absolute(config.out))
     source = open_source(
         config.data, config.format, image_column=config.image_column, storage_options=config.storage_options
     )
