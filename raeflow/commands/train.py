@@ -7,6 +7,8 @@ texts are the config fields' docstrings, so they cannot drift apart.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -15,7 +17,7 @@ from raeflow.train.config import TrainConfig, field_help, parse_image_size, pars
 _HELP = field_help(TrainConfig)
 
 
-def _opt(*names: str, field: str, **kwargs) -> click.decorators.FC:  # type: ignore[name-defined]
+def _opt(*names: str, field: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A click option whose help is the docstring of TrainConfig.<field>."""
     default = TrainConfig.__dataclass_fields__[field].default
     if "default" not in kwargs and not kwargs.get("is_flag") and default not in (None, dataclasses.MISSING):

@@ -154,12 +154,12 @@ def _check_same_model(config: TrainConfig, plan: RunPlan) -> None:
         )
 
 
-def build_datasets(config: TrainConfig, source, plan: RunPlan) -> dict[str, ray.data.Dataset]:
+def build_datasets(config: TrainConfig, source, plan: RunPlan) -> dict[str, Any]:
     """Streaming training and validation datasets: read shards, keep the split, decode to the plan's size."""
     rows = read_dataset(source)
     if config.limit is not None:
         rows = rows.limit(config.limit)
-    datasets = {}
+    datasets: dict[str, Any] = {}
     for split in ("train", "val"):
         decode = DecodeForTraining(
             split=split,
@@ -271,7 +271,7 @@ def run_training(config: TrainConfig, echo=print) -> TrainSummary:
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
-            worker_runtime_env={"env_vars": test_env} if test_env else None,
+            worker_runtime_env={"env_vars": test_env} if test_env else None,  # type: ignore[call-arg]
         ),
         datasets=build_datasets(config, source, plan),
         # --limit takes the first N rows in source order, so the same images every epoch and rerun.
