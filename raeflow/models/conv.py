@@ -6,7 +6,11 @@ and each upsampling step returns exactly to the size the encoder saw at that dep
 image size works: 28 -> 14 -> 7 -> 4 and back 4 -> 7 -> 14 -> 28.
 
     model = create_model("conv_mnist")      # 28x28x1 -> 4x4x8 code
-    model = create_model("conv_denoise")    # the denoising variant, 32-32-16 channels
+    model = create_model("conv_denoise")    # the denoising variant, 32-32 channels, 7x7x32 code
+
+Batch norm after each convolution (`batch_norm=True`, not in the write-ups) lets the presets learn
+in a few epochs: on 4,050 digits with gaussian:0.5 noise, 3 epochs, conv_denoise reaches 16.8 dB
+with it and 15.2-15.7 dB without (the noisy input is 9.4 dB).
 
 The digit presets use binary cross-entropy, as the write-ups do: with MSE behind a sigmoid, on
 mostly-black digits, most seeds fall into "predict black" within one epoch and never leave it
@@ -25,9 +29,16 @@ from raeflow.models.base import Autoencoder
 from raeflow.models.registry import register_family, register_preset
 
 
+def _conv_block(c_in: int, c_out: int, batch_norm: bool) -> list[nn.Module]:
+    """3x3 conv (+ batch norm) + ReLU, same size."""
+    if not batch_norm:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU()]
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
 @register_family("conv", "conv + max-pool encoder, nearest-upsample + conv decoder (no checkerboard)")
 class ConvAutoencoder(Autoencoder):
-    """Per level: 3x3 conv + ReLU + 2x2 max-pool; decoder mirrors with conv + ReLU + upsample."""
+    """Per level: 3x3 conv (+ BN) + ReLU + 2x2 max-pool; decoder mirrors with conv + ReLU + upsample."""
 
     def __init__(
         self,
@@ -35,6 +46,7 @@ class ConvAutoencoder(Autoencoder):
         height: int = 28,
         width: int = 28,
         channels: Sequence[int] = (16, 8, 8),
+        batch_norm: bool = True,
         recon_loss: str = "mse",
     ) -> None:
         super().__init__(in_channels=in_channels, height=height, width=width, recon_loss=recon_loss)
@@ -49,13 +61,13 @@ class ConvAutoencoder(Autoencoder):
         encoder: list[nn.Module] = []
         c_in = in_channels
         for c in channels:
-            encoder += [nn.Conv2d(c_in, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)]
+            encoder += [*_conv_block(c_in, c, batch_norm), nn.MaxPool2d(2, ceil_mode=True)]
             c_in = c
         self.encoder = nn.Sequential(*encoder)
 
         decoder: list[nn.Module] = []
         for c, size in zip(reversed(channels), reversed(sizes[:-1]), strict=True):
-            decoder += [nn.Conv2d(c_in, c, 3, padding=1), nn.ReLU(), nn.Upsample(size=size, mode="nearest")]
+            decoder += [*_conv_block(c_in, c, batch_norm), nn.Upsample(size=size, mode="nearest")]
             c_in = c
         decoder += [nn.Conv2d(c_in, in_channels, 3, padding=1), nn.Sigmoid()]
         self.decoder = nn.Sequential(*decoder)
@@ -78,5 +90,5 @@ def conv_mnist() -> dict:
 
 @register_preset("conv")
 def conv_denoise() -> dict:
-    """Denoising variant: 28x28 grey, 32-32-16 channels, 4x4x16 code, BCE (train with --denoise)."""
-    return {"in_channels": 1, "height": 28, "width": 28, "channels": [32, 32, 16], "recon_loss": "bce"}
+    """Denoising variant (Keras blog): 28x28 grey, 32-32 channels, 7x7x32 code, BCE (train with --denoise)."""
+    return {"in_channels": 1, "height": 28, "width": 28, "channels": [32, 32], "recon_loss": "bce"}

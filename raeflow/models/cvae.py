@@ -39,6 +39,7 @@ class ConditionalVAE(ConvVAE):
         num_classes: int = 10,
         label_dim: int = 16,
         label_dropout: float = 0.1,
+        batch_norm: bool = True,
         recon_loss: str = "mse",
     ) -> None:
         if num_classes < 1 or label_dim < 1 or not 0.0 <= label_dropout < 1.0:
@@ -51,6 +52,7 @@ class ConditionalVAE(ConvVAE):
             channels=channels,
             latent_dim=latent_dim,
             beta=beta,
+            batch_norm=batch_norm,
             recon_loss=recon_loss,
         )
         self.num_classes = num_classes
@@ -90,7 +92,7 @@ class ConditionalVAE(ConvVAE):
 
 @register_preset("cvae")
 def cvae_mnist() -> dict:
-    """28x28 grey digits, 10 labels, 32-64 channels, 16-d latent."""
+    """28x28 grey digits, 10 labels, 32-64 channels, 16-d latent, BCE + KL (MSE collapses to black)."""
     return {
         "in_channels": 1,
         "height": 28,
@@ -98,4 +100,5 @@ def cvae_mnist() -> dict:
         "channels": [32, 64],
         "latent_dim": 16,
         "num_classes": 10,
+        "recon_loss": "bce",
     }

@@ -58,4 +58,11 @@ class DenseAutoencoder(Autoencoder):
 @register_preset("dense")
 def dense_mnist() -> dict:
     """784-128-64-128-784 on 28x28 grey digits, BCE loss (the MNIST fully connected AE)."""
-    return {"in_channels": 1, "height": 28, "width": 28, "hidden": [128], "latent_dim": 64, "recon_loss": "bce"}
+    return {
+        "in_channels": 1,
+        "height": 28,
+        "width": 28,
+        "hidden": [128],
+        "latent_dim": 64,
+        "recon_loss": "bce",
+    }

@@ -5,8 +5,8 @@ named for what it is, that returns the arguments it sets on top of the family's 
 
     @register_preset("conv")
     def conv_denoise() -> dict:
-        '''Denoising variant: 32-32-16 channels.'''
-        return {"channels": [32, 32, 16]}
+        '''Denoising variant: 32-32 channels.'''
+        return {"channels": [32, 32]}
 
     model = create_model("conv_denoise", in_channels=3)   # a preset, with an override
     model = create_model("conv")                          # a family, with its default arguments

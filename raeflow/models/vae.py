@@ -37,6 +37,7 @@ class ConvVAE(Autoencoder):
         channels: Sequence[int] = (32, 64, 128),
         latent_dim: int = 40,
         beta: float = 1.0,
+        batch_norm: bool = True,
         recon_loss: str = "mse",
     ) -> None:
         super().__init__(in_channels=in_channels, height=height, width=width, recon_loss=recon_loss)
@@ -55,7 +56,9 @@ class ConvVAE(Autoencoder):
         encoder: list[nn.Module] = []
         c_in = in_channels
         for c in channels:  # each halves the side: 32 -> 16 -> 8 -> 4
-            encoder += [nn.Conv2d(c_in, c, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            encoder.append(nn.Conv2d(c_in, c, 4, stride=2, padding=1, bias=not batch_norm))
+            encoder += [nn.BatchNorm2d(c)] if batch_norm else []
+            encoder.append(nn.LeakyReLU(0.2))
             c_in = c
         self.encoder = nn.Sequential(*encoder, nn.Flatten())
         self.posterior = nn.Linear(flat, 2 * latent_dim)  # -> mu, logvar
@@ -64,8 +67,12 @@ class ConvVAE(Autoencoder):
         decoder: list[nn.Module] = [nn.ReLU()]
         outs = [*reversed(channels[:-1]), in_channels]  # 64 -> 32 -> C
         for i, c in enumerate(outs):
-            decoder.append(nn.ConvTranspose2d(c_in, c, 4, stride=2, padding=1))
-            decoder.append(nn.Sigmoid() if i == len(outs) - 1 else nn.ReLU())
+            last = i == len(outs) - 1
+            decoder.append(nn.ConvTranspose2d(c_in, c, 4, stride=2, padding=1, bias=last or not batch_norm))
+            if last:
+                decoder.append(nn.Sigmoid())
+            else:
+                decoder += [nn.BatchNorm2d(c), nn.ReLU()] if batch_norm else [nn.ReLU()]
             c_in = c
         self.decoder = nn.Sequential(*decoder)
         self.latent_dim = latent_dim
