@@ -18,7 +18,7 @@ from raeflow.models import create_model
 # family -> (name, overrides, image side: 28 as is, 32 zero-padded, 14 average-pooled, Adam steps)
 CASES = {
     "dense": ("dense_mnist", {}, 28, 250),
-    "conv": ("conv_mnist", {}, 28, 300),
+    "conv": ("conv_mnist", {}, 28, 450),
     "conv_dense": (
         "conv_dense",
         {
@@ -39,7 +39,7 @@ CASES = {
         200,
     ),
     "vae": ("vae", {"in_channels": 1, "height": 32, "width": 32, "channels": [16, 32, 64]}, 32, 300),
-    "cvae": ("cvae_mnist", {}, 28, 300),
+    "cvae": ("cvae_mnist", {}, 28, 400),
     "unet": ("unet", {"in_channels": 1, "base_channels": 8, "depth": 2}, 14, 200),  # 14 -> padded to 16
 }
 
