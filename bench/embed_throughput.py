@@ -149,7 +149,9 @@ class PeakMemory:
         self._thread.join()
 
 
-def run_raeflow(data: Path, bundle: str, out: Path, batch_size: int, workers: int) -> dict[str, float]:
+def run_raeflow(
+    data: Path, bundle: str, out: Path, batch_size: int, workers: int, worker_cpus: float
+) -> dict[str, float]:
     """Embed with `run_embed` in a fresh driver process (so its memory is the job's alone) on a new
     local Ray; returns the call's seconds and the driver's peak RSS and private memory (bytes)."""
     command = [
@@ -168,7 +170,7 @@ def run_raeflow(data: Path, bundle: str, out: Path, batch_size: int, workers: in
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def driver(data: str, bundle: str, out: str, batch_size: int, workers: int) -> None:
+def driver(data: str, bundle: str, out: str, batch_size: int, workers: int, worker_cpus: float) -> None:
     """The measured raeflow driver: connect to a new local Ray, then time and watch `run_embed`."""
     import ray
     from ray.data import DataContext
@@ -178,7 +180,7 @@ def driver(data: str, bundle: str, out: str, batch_size: int, workers: int) -> N
 
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     DataContext.get_current().enable_progress_bars = False
-    options = RunOptions(batch_size=batch_size, workers=workers, quiet=True)
+    options = RunOptions(batch_size=batch_size, workers=workers, worker_cpus=worker_cpus, quiet=True)
     with PeakMemory() as memory:
         started = time.perf_counter()
         summary = run_embed(EmbedConfig(data=data, model=bundle, out=out, run=options))
@@ -190,14 +192,15 @@ def driver(data: str, bundle: str, out: str, batch_size: int, workers: int) -> N
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--driver":
-        data, bundle, out, batch_size, workers = sys.argv[2:7]
-        driver(data, bundle, out, int(batch_size), int(workers))
+        data, bundle, out, batch_size, workers, worker_cpus = sys.argv[2:8]
+        driver(data, bundle, out, int(batch_size), int(workers), float(worker_cpus))
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
     parser.add_argument("--shard-rows", type=int, default=2_000)
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=1, help="predictor actors")
+    parser.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs reserved per predictor actor")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each; the best speed is shown")
     parser.add_argument("--keep", type=Path, default=None, help="keep the data and outputs in this folder")
     args = parser.parse_args()
@@ -217,7 +220,9 @@ def main() -> None:
             best_theirs = max(
                 best_theirs, size / run_baseline(data, bundle, work / f"base-{size}", args.batch_size)
             )
-            ours = run_raeflow(data, bundle, work / f"ray-{size}", args.batch_size, args.workers)
+            ours = run_raeflow(
+                data, bundle, work / f"ray-{size}", args.batch_size, args.workers, args.worker_cpus
+            )
             best_ours = max(best_ours, size / ours["seconds"])
             rss, private = max(rss, int(ours["rss"])), max(private, int(ours["private"]))
             print(

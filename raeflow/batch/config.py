@@ -22,6 +22,8 @@ class RunOptions:
     """Predictor actors; default: one per GPU with --gpu, else one."""
     gpu: bool = False
     """Give each predictor actor one GPU."""
+    worker_cpus: float = 1.0
+    """CPUs Ray reserves for each predictor actor (below 1 lets actors share cores with the read tasks)."""
     decode_in_read: bool = True
     """Decode inside the read tasks (else: a separate CPU map step, which Ray may fuse into the actors)."""
     decode_batch_size: int | None = None
@@ -39,6 +41,8 @@ class RunOptions:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if self.worker_cpus <= 0:
+            raise ConfigError(f"worker CPUs must be positive, got {self.worker_cpus}")
         if self.decode_batch_size is not None and self.decode_batch_size < 1:
             raise ConfigError(f"decode batch size must be at least 1, got {self.decode_batch_size}")
         if self.max_rejected is not None and not 0.0 <= self.max_rejected <= 1.0:

@@ -184,6 +184,7 @@ def _stream(job: BatchJob, pending: list[Shard], manifest: Manifest) -> Iterator
         compute=ray.data.ActorPoolStrategy(size=options.workers or _default_workers(options.gpu)),
         batch_size=options.batch_size,
         batch_format="pyarrow",
+        num_cpus=options.worker_cpus,
         num_gpus=1 if options.gpu else None,
     )
     ds.context.execution_options.preserve_order = True  # rows arrive sorted by shard

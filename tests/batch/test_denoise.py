@@ -148,3 +148,16 @@ def test_cli_refuses_a_size_misfit_in_one_line(tmp_path, conv_bundle, photo, rae
         f"error: model {conv_bundle} takes 28x28 images but a is 40x50; pass --resize to resize each image "
         "to the model's size and back, or use a fully convolutional model (unet)"
     ]
+
+
+def test_s3_folder_in_and_out(ray_session, s3_bucket, unet_bundle, photo):
+    import fsspec
+
+    fs = fsspec.filesystem("s3")
+    fs.pipe(f"{s3_bucket}/in/a/odd.png", images.encode_image(np.ascontiguousarray(photo[:33, :45]), "png"))
+    fs.pipe(f"{s3_bucket}/in/b.jpg", images.encode_image(np.ascontiguousarray(photo[:20, :30]), "jpeg"))
+    summary = run_denoise(_config(f"{s3_bucket}/in", unet_bundle, f"{s3_bucket}/out"))
+    assert summary.images_out == 2
+    assert images.decode_image(fs.cat(f"{s3_bucket}/out/a/odd.png")).shape == (33, 45, 1)
+    assert images.probe_image(fs.cat(f"{s3_bucket}/out/b.jpg")).format == "jpeg"
+    assert fs.exists(f"{s3_bucket}/out/_SUCCESS")
