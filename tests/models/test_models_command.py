@@ -26,7 +26,7 @@ def test_models_json_gives_exact_parameter_counts_for_one_family() -> None:
     result = CliRunner().invoke(main, ["models", "--family", "conv", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output)
-    assert [r["preset"] for r in rows] == ["conv_mnist", "conv_denoise"]
+    assert [r["preset"] for r in rows] == ["conv_mnist", "conv_denoise", "conv_denoise_wide"]
     assert rows[0]["parameters"] == create_model("conv_mnist").num_parameters
     assert rows[0]["input"] == "1x28x28" and rows[0]["latent"] == "8x4x4"
 

@@ -131,9 +131,9 @@ def test_bad_model_names_and_arguments_are_config_errors(name: str, overrides: d
 
 def test_overrides_apply_on_top_of_a_preset() -> None:
     model = create_model("conv_denoise", in_channels=3)
-    assert model.arch_args["channels"] == [32, 32]
+    assert model.arch_args["channels"] == [32, 32, 16]
     assert model.input_contract["channels"] == 3
-    assert model.latent_shape == (32, 7, 7)
+    assert model.latent_shape == (16, 4, 4)
 
 
 @pytest.mark.parametrize("name", PRESETS)
