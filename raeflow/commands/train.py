@@ -31,7 +31,7 @@ def _opt(*names: str, field: str, **kwargs: Any) -> Callable[[Callable[..., Any]
 @_opt("--model", field="model", required=True, metavar="NAME")
 @_opt("--out", field="out", required=True, metavar="URI")
 @_opt("--preset", field="preset", metavar="P")
-@_opt("--format", field="format", metavar="KIND")
+@_opt("--source-format", "--format", field="format", metavar="KIND")
 @_opt("--image-column", field="image_column", metavar="NAME")
 @_opt("--epochs", field="epochs", type=int)
 @_opt("--batch-size", field="batch_size", type=int)
