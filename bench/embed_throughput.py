@@ -163,6 +163,7 @@ def run_raeflow(
         str(out),
         str(batch_size),
         str(workers),
+        str(worker_cpus),
     ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
