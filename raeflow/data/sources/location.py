@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import posixpath
 from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
 
+from raeflow.data.sources.base import Shard
 from raeflow.errors import SourceError
 
 GLOB_CHARS = "*?["
@@ -60,6 +62,18 @@ def list_files(fs: fsspec.AbstractFileSystem, path: str, suffixes: tuple[str, ..
     else:
         found = [path]
     return sorted(p for p in found if p.lower().endswith(suffixes))
+
+
+def one_shard_per_file(fs: fsspec.AbstractFileSystem, path: str, files: list[str]) -> list[Shard]:
+    """Shards of a source whose files are its shards (Parquet files, tars), named relative to its root."""
+    if is_glob(path):
+        root = glob_root(path)
+    else:
+        root = path if fs.isdir(path) else posixpath.dirname(path)
+    return [
+        Shard(index=i, name=posixpath.relpath(p, root) if root else p, paths=(to_uri(fs, p),))
+        for i, p in enumerate(files)
+    ]
 
 
 def require_exists(fs: fsspec.AbstractFileSystem, path: str, uri: str, expected: str) -> None:

@@ -21,9 +21,8 @@ import pyarrow.parquet as pq
 from raeflow.data.sources.base import ROW_SCHEMA, Shard, Source
 from raeflow.data.sources.location import (
     filesystem,
-    glob_root,
-    is_glob,
     list_files,
+    one_shard_per_file,
     require_exists,
     to_uri,
 )
@@ -74,14 +73,7 @@ class ParquetSource(Source):
             raise SourceError(f"no .parquet files under {self.uri}")
         with fs.open(files[0], "rb") as f:
             self._image_field(pq.read_schema(f), to_uri(fs, files[0]))
-        if is_glob(path):
-            root = glob_root(path)
-        else:
-            root = path if fs.isdir(path) else posixpath.dirname(path)
-        return [
-            Shard(index=i, name=posixpath.relpath(p, root) if root else p, paths=(to_uri(fs, p),))
-            for i, p in enumerate(files)
-        ]
+        return one_shard_per_file(fs, path, files)
 
     def read_shard(self, shard: Shard, *, batch_rows: int = 256) -> Iterator[pa.Table]:
         """The file's rows in batches of `batch_rows`."""

@@ -25,11 +25,9 @@ import pyarrow as pa
 from raeflow.data.sources.base import ROW_SCHEMA, Shard, Source
 from raeflow.data.sources.location import (
     filesystem,
-    glob_root,
-    is_glob,
     list_files,
+    one_shard_per_file,
     require_exists,
-    to_uri,
 )
 from raeflow.errors import SourceError
 
@@ -61,14 +59,7 @@ class WebDatasetSource(Source):
         files = list_files(fs, path, TAR_SUFFIXES)
         if not files:
             raise SourceError(f"no .tar shards under {self.uri}")
-        if is_glob(path):
-            root = glob_root(path)
-        else:
-            root = path if fs.isdir(path) else posixpath.dirname(path)
-        return [
-            Shard(index=i, name=posixpath.relpath(p, root) if root else p, paths=(to_uri(fs, p),))
-            for i, p in enumerate(files)
-        ]
+        return one_shard_per_file(fs, path, files)
 
     def read_shard(self, shard: Shard, *, batch_rows: int = 256) -> Iterator[pa.Table]:
         """The tar's samples in order, `batch_rows` at a time."""
