@@ -97,7 +97,8 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoSum
 
     config.validate()
     started = time.perf_counter()
-    out = config.out.rstrip("/")
+    # Local folders become absolute, so the summary names every output the same way.
+    out = config.out.rstrip("/") if "://" in config.out else str(Path(config.out).resolve())
     summary = DemoSummary()
 
     def step(number: int, text: str) -> None:
