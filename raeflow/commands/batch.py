@@ -6,28 +6,19 @@ raeflow denoise --data ./scans --model runs/photos/model --out ./scans-clean --t
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from raeflow.errors import ConfigError
-
-_SIZE = re.compile(r"^(\d+)(?:x(\d+))?$")
+from raeflow.train.config import parse_image_size
 
 
 def _image_size(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    match = _SIZE.match(value.strip().lower())
-    if not match:
-        raise click.BadParameter(f"{value!r} is not H or HxW (e.g. 64 or 64x48)")
-    height = int(match.group(1))
-    return height, int(match.group(2) or height)
+    return parse_image_size(value)  # ConfigError -> one-line error, like train's --image-size
 
 
-def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+def batch_job_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The options every batch job shares (Ray, batch size, rejects, input kind)."""
     options = [
         click.option(
@@ -70,7 +61,8 @@ def _run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _run(options: dict[str, Any], default_batch: int):
+def run_options_from(options: dict[str, Any], default_batch: int):
+    """Take the shared batch-job options out of a command's parsed options as `RunOptions`."""
     from raeflow.batch.config import RunOptions
 
     return RunOptions(
@@ -88,7 +80,7 @@ def _print_summary(summary) -> None:
 
 
 @click.command("embed")
-@_run_options
+@batch_job_options
 @click.option(
     "--image-size",
     callback=_image_size,
@@ -106,7 +98,7 @@ def embed(**options: Any) -> None:
     from raeflow.batch.config import EmbedConfig
     from raeflow.batch.embed import run_embed
 
-    run = _run(options, default_batch=256)
+    run = run_options_from(options, default_batch=256)
     config = EmbedConfig(
         data=options["data"],
         model=options["model"],
@@ -120,7 +112,7 @@ def embed(**options: Any) -> None:
 
 
 @click.command("denoise")
-@_run_options
+@batch_job_options
 @click.option(
     "--format",
     "out_format",
@@ -154,7 +146,7 @@ def denoise(**options: Any) -> None:
     from raeflow.batch.config import DenoiseConfig
     from raeflow.batch.denoise import run_denoise
 
-    run = _run(options, default_batch=8)
+    run = run_options_from(options, default_batch=8)
     config = DenoiseConfig(
         data=options["data"],
         model=options["model"],
@@ -168,8 +160,6 @@ def denoise(**options: Any) -> None:
         image_column=options["image_column"],
         run=run,
     )
-    if config.tile is not None and config.tile < 1:
-        raise ConfigError(f"--tile must be a positive number of pixels, got {config.tile}")
     _print_summary(run_denoise(config))
 
 

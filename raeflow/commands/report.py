@@ -10,11 +10,11 @@ from typing import Any
 import click
 
 # The options every batch job shares (data, model, out, Ray, batch size, rejects, input kind).
-from raeflow.commands.batch import _run, _run_options
+from raeflow.commands.batch import batch_job_options, run_options_from
 
 
 @click.command("report")
-@_run_options
+@batch_job_options
 @click.option(
     "--noise",
     default=None,
@@ -44,7 +44,7 @@ def report(**options: Any) -> None:
     from raeflow.report.config import ReportConfig
     from raeflow.report.job import run_report
 
-    run = _run(options, default_batch=256)
+    run = run_options_from(options, default_batch=256)
     config = ReportConfig(
         data=options["data"],
         model=options["model"],

@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from fsspec import AbstractFileSystem
 
 from raeflow.data.images import encode_raw
-from raeflow.data.sources.base import Shard, Source
+from raeflow.data.sources.base import Shard
 from raeflow.data.sources.location import filesystem, to_uri
 from raeflow.data.sources.published import (
+    RowRangeSource,
     files_in,
     find_file,
     read_head,
@@ -62,20 +62,13 @@ def parse_idx_header(head: bytes, *, expect_magic: int, name: str) -> tuple[int,
     return struct.unpack(f">{ndim}I", head[4 : 4 + 4 * ndim])
 
 
-class MnistSource(Source):
+class MnistSource(RowRangeSource):
     """Images and labels of an MNIST-layout folder of idx files."""
 
     kind = "mnist"
     has_labels = True
     shard_rows = 10_000
     """Images per shard: 7.8 MB of pixels for 28x28."""
-
-    def __init__(
-        self, uri: str, *, storage_options: dict[str, Any] | None = None, shard_rows: int | None = None
-    ) -> None:
-        super().__init__(uri, storage_options=storage_options)
-        if shard_rows is not None:
-            self.shard_rows = shard_rows
 
     @classmethod
     def sniff(cls, fs: AbstractFileSystem, path: str) -> bool:

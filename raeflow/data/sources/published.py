@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import gzip
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import fsspec
 import pyarrow as pa
 
-from raeflow.data.sources.base import ROW_SCHEMA
+from raeflow.data.sources.base import ROW_SCHEMA, Source
 
 
 def files_in(fs: fsspec.AbstractFileSystem, folder: str) -> dict[str, str]:
@@ -96,3 +97,17 @@ def read_head(fs: fsspec.AbstractFileSystem, path: str, num_bytes: int) -> bytes
 def row_ranges(num_rows: int, shard_rows: int) -> list[tuple[int, int]]:
     """`[start, stop)` ranges of at most `shard_rows` rows covering `num_rows` rows."""
     return [(start, min(start + shard_rows, num_rows)) for start in range(0, num_rows, shard_rows)]
+
+
+class RowRangeSource(Source):
+    """A source whose shards are row ranges of big files (MNIST idx, STL-10 binaries)."""
+
+    shard_rows = 10_000
+    """Images per shard; subclasses set their own default, tests and users may pass another."""
+
+    def __init__(
+        self, uri: str, *, storage_options: dict[str, Any] | None = None, shard_rows: int | None = None
+    ) -> None:
+        super().__init__(uri, storage_options=storage_options)
+        if shard_rows is not None:
+            self.shard_rows = shard_rows

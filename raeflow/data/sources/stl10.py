@@ -17,16 +17,15 @@ subtracts one so labels run 0..9 like every other kind (label `i` is line `i + 1
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from fsspec import AbstractFileSystem
 
 from raeflow.data.images import encode_raw
-from raeflow.data.sources.base import Shard, Source
+from raeflow.data.sources.base import Shard
 from raeflow.data.sources.location import filesystem, to_uri
-from raeflow.data.sources.published import files_in, read_record_range, row_ranges, row_table
+from raeflow.data.sources.published import RowRangeSource, files_in, read_record_range, row_ranges, row_table
 from raeflow.errors import SourceError
 
 FOLDER = "stl10_binary"
@@ -52,19 +51,12 @@ def decode_records(chunk: bytes) -> np.ndarray:
     return planes.transpose(0, 3, 2, 1)
 
 
-class Stl10Source(Source):
+class Stl10Source(RowRangeSource):
     """Images (and labels where published) of the STL-10 binary files."""
 
     kind = "stl10"
     has_labels = True
     shard_rows = 2_000
-
-    def __init__(
-        self, uri: str, *, storage_options: dict[str, Any] | None = None, shard_rows: int | None = None
-    ) -> None:
-        super().__init__(uri, storage_options=storage_options)
-        if shard_rows is not None:
-            self.shard_rows = shard_rows
 
     @classmethod
     def sniff(cls, fs: AbstractFileSystem, path: str) -> bool:
