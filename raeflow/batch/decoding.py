@@ -102,10 +102,10 @@ def decode_rows(batch: pa.Table, spec: DecodeSpec) -> pa.Table:
 def decode_one(data: bytes, spec: DecodeSpec) -> np.ndarray:
     """One image as `uint8` `(H, W, C)`, converted and fitted as `spec` says; raises `ImageRejected`."""
     kwargs = {} if spec.max_pixels is None else {"max_pixels": spec.max_pixels}
-    array = images.decode_image(data, channels=spec.channels, **kwargs)  # (H, W, C)
     if spec.height is not None and spec.width is not None:
-        if array.shape[:2] != (spec.height, spec.width):
-            array = images.fit_to_contract(array, spec.height, spec.width, mode=spec.fit)
+        array = images.decode_fitted(data, spec.channels, spec.height, spec.width, mode=spec.fit, **kwargs)
+    else:
+        array = images.decode_image(data, channels=spec.channels, **kwargs)  # (H, W, C)
     return np.ascontiguousarray(array, dtype=np.uint8)
 
 

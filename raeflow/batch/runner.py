@@ -53,6 +53,7 @@ from raeflow.batch.decoding import DecodeSpec, DecodingSource, decode_rows
 from raeflow.batch.manifest import Manifest, ShardRecord
 from raeflow.batch.output import OutputDir
 from raeflow.batch.summary import JobSummary, check_rejected, summarise
+from raeflow.connection import connect_ray
 from raeflow.data.sources.base import Shard, Source
 
 CRASH_HOOK = "RAEFLOW_TEST_CRASH_AFTER_SHARDS"
@@ -115,19 +116,6 @@ class BatchJob:
     """Batch size, actor count, GPUs, Ray address, rejected threshold."""
     outputs_hint: str = ""
     """What to show as the outputs in the summary (e.g. `part-*.parquet`); default: the folder."""
-
-
-def connect_ray(address: str | None = None) -> None:
-    """Connect to the Ray at `address` (else $RAY_ADDRESS, else a new local Ray), unless connected."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:  # "local": a new Ray even when another one (`ray start`) runs on this machine
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
 
 
 def run_batch_job(job: BatchJob) -> JobSummary:

@@ -109,6 +109,24 @@ def decode_image(
     return to_channels(pixels, channels)
 
 
+def decode_fitted(
+    data: bytes,
+    channels: int | None,
+    height: int,
+    width: int,
+    *,
+    mode: str = "resize",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode straight to a fixed model size: `uint8 (height, width, C)`; raises `ImageRejected`.
+
+    The one entry point for fixed-size models (batch jobs, training), so a faster path (reduced-size
+    JPEG decoding, one resize step) serves them all.
+    """
+    pixels = decode_image(data, channels=channels, max_pixels=max_pixels)  # (H, W, C)
+    return fit_to_contract(pixels, height, width, mode=mode)  # (height, width, C)
+
+
 def to_channels(pixels: np.ndarray, channels: int | None = None) -> np.ndarray:
     """`(H, W[, C])` uint8 with C in 1..4 -> `(H, W, channels)`; alpha composited over white,
     grey kept as grey when `channels` is None."""

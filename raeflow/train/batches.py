@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-from raeflow.data.images import ImageRejected, decode_image, fit_to_contract
+from raeflow.data.images import ImageRejected, decode_fitted
 
 SPLITS = ("train", "val")
 """The two splits a run reads."""
@@ -59,10 +59,9 @@ class DecodeForTraining:
             if error is not None or not data or is_validation(key, self.val_fraction) != want_val:
                 continue
             try:
-                pixels = decode_image(data, channels=self.channels)  # (h, w, C) uint8
+                pixels = decode_fitted(data, self.channels, self.height, self.width)  # (H, W, C) uint8
             except ImageRejected:
                 continue
-            pixels = fit_to_contract(pixels, self.height, self.width)  # (H, W, C)
             images.append(np.ascontiguousarray(pixels.transpose(2, 0, 1)))  # (C, H, W)
             kept_labels.append(-1 if label is None else int(label))
         if images:

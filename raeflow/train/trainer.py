@@ -33,6 +33,7 @@ from fsspec.implementations.local import LocalFileSystem
 from ray.data import ExecutionOptions
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
+from raeflow.connection import connect_ray
 from raeflow.data.dataset import read_dataset
 from raeflow.data.sources import open_source
 from raeflow.errors import ConfigError, JobError
@@ -173,20 +174,9 @@ def build_datasets(config: TrainConfig, source, plan: RunPlan) -> dict[str, Any]
 
 
 def _connect(config: TrainConfig) -> None:
-    """Join the Ray named by --address / RAY_ADDRESS, or start a local one with room for the data tasks."""
-    if ray.is_initialized():
-        return
-    address = config.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        # Each worker holds one CPU; leave at least two for the Ray Data decode tasks.
-        ray.init(
-            num_cpus=max(os.cpu_count() or 1, config.workers + 2),
-            include_dashboard=False,
-            log_to_driver=False,
-        )
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    """Join --address / RAY_ADDRESS, or start a private local Ray with room for the data tasks."""
+    # Each worker holds one CPU; leave at least two for the Ray Data decode tasks.
+    connect_ray(config.address, num_cpus=max(os.cpu_count() or 1, config.workers + 2))
 
 
 class _EpochPrinter:
