@@ -6,7 +6,7 @@ The CLI, the Ray job entrypoints in `jobs/` and the demo build these and hand th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from raeflow.errors import ConfigError
@@ -19,21 +19,19 @@ class RunOptions:
     batch_size: int = 256
     """Images per predictor call (one `map_batches` batch)."""
     workers: int | None = None
-    """Predictor actors; default: one per GPU with --gpu, else one."""
+    """Most predictor actors: the pool grows from one to one per CPU (per GPU with --gpu), at most this."""
     gpu: bool = False
     """Give each predictor actor one GPU."""
     worker_cpus: float = 1.0
     """CPUs Ray reserves for each predictor actor (below 1 lets actors share cores with the read tasks)."""
-    decode_in_read: bool = True
-    """Decode inside the read tasks (else: a separate CPU map step, which Ray may fuse into the actors)."""
-    decode_batch_size: int | None = None
-    """Images per call of the separate decode step (without decode_in_read); default: one read block."""
     address: str | None = None
     """Ray cluster to connect to; default: $RAY_ADDRESS, else a local Ray."""
     max_rejected: float | None = None
     """Fail (non-zero exit) when more than this fraction of the images was rejected."""
     quiet: bool = False
     """Print no progress lines (the summary is still returned)."""
+    verbose: bool = False
+    """Show Ray's own log lines on the console (otherwise they stay in Ray's log folder)."""
 
     def validate(self) -> None:
         """Raise `ConfigError` for values that cannot work."""
@@ -43,22 +41,20 @@ class RunOptions:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if self.worker_cpus <= 0:
             raise ConfigError(f"worker CPUs must be positive, got {self.worker_cpus}")
-        if self.decode_batch_size is not None and self.decode_batch_size < 1:
-            raise ConfigError(f"decode batch size must be at least 1, got {self.decode_batch_size}")
         if self.max_rejected is not None and not 0.0 <= self.max_rejected <= 1.0:
             raise ConfigError(f"--max-rejected is a fraction between 0 and 1, got {self.max_rejected}")
 
 
 @dataclass
 class EmbedConfig:
-    """`raeflow embed`: one embedding row per image of a source, Parquet, one part per input shard."""
+    """`raeflow embed`: one embedding row per image of a source, Parquet, one or more parts per shard."""
 
     data: str
     """URI of the image source (folder, Parquet, WebDataset, dataset layout, builtin:NAME)."""
     model: str
     """Model bundle folder (local or in a bucket)."""
     out: str
-    """Output folder URI for `part-NNNNN.parquet`, `_manifest/`, `_rejected/`, `_SUCCESS`."""
+    """Output folder URI for `part-SSSSS-RRRRRR.parquet`, `_manifest/`, `_rejected/`, `_SUCCESS`."""
     source_format: str | None = None
     """Force the source kind (folder, parquet, webdataset, ...) instead of detecting it."""
     image_column: str | None = None
@@ -76,10 +72,6 @@ class EmbedConfig:
             "image_column": self.image_column,
             "image_size": list(self.image_size) if self.image_size else None,
         }
-
-    def as_dict(self) -> dict[str, Any]:
-        """All settings, JSON-serialisable (written to the manifest)."""
-        return asdict(self)
 
 
 OUTPUT_FORMATS = ("same", "png", "jpeg")
@@ -139,7 +131,3 @@ class DenoiseConfig:
             "resize": self.resize,
             "jpeg_quality": self.jpeg_quality,
         }
-
-    def as_dict(self) -> dict[str, Any]:
-        """All settings, JSON-serialisable (written to the manifest)."""
-        return asdict(self)

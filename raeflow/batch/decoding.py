@@ -1,8 +1,10 @@
-"""The decode step of a batch job: encoded image bytes -> raw pixels, run as Ray Data CPU tasks.
+"""The decode step of a batch job: encoded image bytes -> raw pixels, inside Ray Data's read tasks.
 
-Input rows are a source's rows plus the `shard` column (`read_dataset`); output rows have the
-columns of `DECODED_SCHEMA`. An image that cannot be used keeps its row, with empty pixels and a
-`reason`, so it flows on to the driver, which lists it in `_rejected/` - nothing is dropped.
+`BatchSource` wraps a source so that each read task yields decoded rows (the columns of
+`DECODED_SCHEMA`) numbered within their shard: `row` is the row's position in the shard and the
+shard's last row carries `shard_rows`, the shard's row count. That is how the driver knows a shard
+is complete without ordered delivery (see `raeflow.batch.ledger`). An image that cannot be used
+keeps its row, with empty pixels and a `reason`, so it is counted and listed in `_rejected/`.
 
 Pixels travel as raw `uint8` bytes in `(H, W, C)` order with their shape beside them: plain Arrow
 that any image size fits into, and no Ray tensor extension type.
@@ -26,6 +28,8 @@ DECODED_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("label", pa.int64()),
         ("shard", pa.int64()),
+        ("row", pa.int64()),
+        ("shard_rows", pa.int64()),
         ("reason", pa.string()),
         ("pixels", pa.large_binary()),
         ("height", pa.int32()),
@@ -34,12 +38,13 @@ DECODED_SCHEMA = pa.schema(
         ("format", pa.string()),
     ]
 )
-"""Rows after decoding: `reason` is null for a usable image, else why it was rejected
+"""Rows after decoding: `row` is the row's position in its shard, `shard_rows` the shard's row count
+on its last row (null elsewhere); `reason` is null for a usable image, else why it was rejected
 (then `pixels` is empty). `format` is the encoded format sniffed from the input bytes
 (png, jpeg, webp, bmp, tiff, gif; raw for raw-pixel sources)."""
 
-PASS_THROUGH = ("key", "source", "label", "shard")
-"""Columns every later step keeps as they are, so the driver can file each row under its shard."""
+PASS_THROUGH = ("key", "source", "label", "shard", "row")
+"""Columns every later step keeps as they are: each output row stays filed under its shard and position."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,8 @@ def decode_rows(batch: pa.Table, spec: DecodeSpec) -> pa.Table:
         shapes.append(array.shape)  # (H, W, C)
     height, width, channels = (np.asarray([s[i] for s in shapes], dtype=np.int32) for i in range(3))
     columns = {name: batch.column(name) for name in PASS_THROUGH if name in batch.column_names}
+    if "shard_rows" in batch.column_names:
+        columns["shard_rows"] = batch.column("shard_rows")
     columns.setdefault("label", pa.nulls(batch.num_rows, pa.int64()))
     columns.update(
         reason=pa.array(reasons, pa.string()),
@@ -94,7 +101,7 @@ def decode_rows(batch: pa.Table, spec: DecodeSpec) -> pa.Table:
         channels=pa.array(channels),
         format=pa.array(formats, pa.string()),
     )
-    # `shard` is absent when decoding runs inside a read task (`DecodingSource`); the read adds it.
+    # `shard` is absent inside a read task (`BatchSource`): `read_dataset` adds it after.
     fields = [field for field in DECODED_SCHEMA if field.name in columns]
     return pa.table([columns[f.name].cast(f.type) for f in fields], schema=pa.schema(fields))
 
@@ -122,11 +129,12 @@ def pixels_of(table: pa.Table) -> list[np.ndarray | None]:
     return out
 
 
-class DecodingSource(Source):
-    """A source whose shards read as decoded rows, so decoding runs inside Ray Data's read tasks.
+class BatchSource(Source):
+    """A source whose shards read as decoded, numbered rows, so decoding runs inside Ray Data's read tasks.
 
     Rows come out in `DECODED_SCHEMA` (without `shard`, which `read_dataset` adds): encoded bytes
     never enter the object store, and there is no separate decode step for Ray to fuse elsewhere.
+    The last table of a shard is held back one step so its last row can carry `shard_rows`.
     """
 
     def __init__(self, source: Source, spec: DecodeSpec) -> None:
@@ -140,8 +148,25 @@ class DecodingSource(Source):
         return self.source.list_shards()
 
     def read_shard(self, shard: Shard, *, batch_rows: int = 256) -> Iterator[pa.Table]:
+        held: pa.Table | None = None
+        first = 0
         for table in self.source.read_shard(shard, batch_rows=batch_rows):
-            yield decode_rows(table, self.spec)
+            if held is not None:
+                yield decode_rows(_numbered(held, first, None), self.spec)
+                first += held.num_rows
+            held = table
+        if held is not None:
+            yield decode_rows(_numbered(held, first, first + held.num_rows), self.spec)
 
     def describe(self) -> str:
         return self.source.describe()
+
+
+def _numbered(table: pa.Table, first: int, total: int | None) -> pa.Table:
+    """`table` with `row` (positions from `first`) and `shard_rows` (`total` on the last row) columns."""
+    n = table.num_rows
+    totals = [None] * n
+    if total is not None and n:
+        totals[-1] = total
+    table = table.append_column("row", pa.array(np.arange(first, first + n, dtype=np.int64)))
+    return table.append_column("shard_rows", pa.array(totals, pa.int64()))

@@ -14,12 +14,17 @@ from raeflow.batch.decoding import DecodeSpec
 from raeflow.batch.mirror import FolderMirror, ParquetMirror, WebDatasetMirror
 from raeflow.batch.output import OutputDir
 from raeflow.batch.predictors import DenoisePredictor
-from raeflow.batch.runner import BatchJob, JobSummary, ShardWriter, run_batch_job
+from raeflow.batch.runner import BatchJob, JobSummary, run_batch_job
+from raeflow.batch.worker import PartWriter
 from raeflow.data import images
 from raeflow.data.sources import open_source
 from raeflow.data.sources.base import Source
 from raeflow.errors import ConfigError
 from raeflow.models import Bundle, load_bundle
+
+DENOISE_BLOCK_BYTES = 8 * 1024 * 1024
+"""Decoded pixels per block: a few photos, so images of mixed sizes spread over every actor (a larger
+photo makes a block of its own)."""
 
 
 def run_denoise(config: DenoiseConfig) -> JobSummary:
@@ -48,11 +53,12 @@ def run_denoise(config: DenoiseConfig) -> JobSummary:
         predictor_kwargs=predictor_kwargs,
         writer=mirror_writer(source, config.image_column),
         run=config.run,
+        block_bytes=DENOISE_BLOCK_BYTES,
     )
     return run_batch_job(job)
 
 
-def mirror_writer(source: Source, image_column: str | None = None) -> ShardWriter:
+def mirror_writer(source: Source, image_column: str | None = None) -> PartWriter:
     """The writer that reproduces `source`'s layout."""
     if source.kind == "folder":
         return FolderMirror(keep_names=True)

@@ -1,27 +1,25 @@
-"""`raeflow embed`: one embedding row per image, as a Parquet table with one part per input shard.
+"""`raeflow embed`: one embedding row per image, as a Parquet table of one or more parts per input shard.
 
     raeflow embed --data builtin:mnist --model runs/mnist/model --out emb/
 
-Each `part-NNNNN.parquet` (NNNNN = the input shard's index) has the columns `key`, `source`,
+Each `part-SSSSS-RRRRRR.parquet` (shard SSSSS, from its row RRRRRR; sorted names give the input
+order) is written by the predictor actor that computed it and has the columns `key`, `source`,
 `embedding` (plain Arrow `fixed_size_list<float32>[D]`) and, where the source has labels, `label`;
 its file metadata carries `raeflow.model` (the bundle's fingerprint) and `raeflow.version`.
 """
 
 from __future__ import annotations
 
-import io
-
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from raeflow import __version__
 from raeflow.batch.config import EmbedConfig
 from raeflow.batch.decoding import DecodeSpec
 from raeflow.batch.output import OutputDir
 from raeflow.batch.predictors import EncodePredictor, embedding_dim
-from raeflow.batch.runner import BatchJob, JobSummary, ShardWriter, run_batch_job
+from raeflow.batch.runner import BatchJob, JobSummary, run_batch_job
+from raeflow.batch.worker import PartWriter, parquet_bytes, piece_stem
 from raeflow.data.sources import open_source
-from raeflow.data.sources.base import Shard
 from raeflow.models import load_bundle
 
 
@@ -37,30 +35,23 @@ def embedding_schema(dim: int, *, with_labels: bool, fingerprint: str) -> pa.Sch
     return pa.schema(fields, metadata={"raeflow.model": fingerprint, "raeflow.version": __version__})
 
 
-class EmbeddingWriter(ShardWriter):
-    """Collects one shard's embeddings and writes them as `part-NNNNN.parquet` in one atomic put."""
+class EmbeddingWriter(PartWriter):
+    """Writes each piece's embeddings as `part-SSSSS-RRRRRR.parquet`, in one atomic put, from the actor."""
 
     def __init__(self, schema: pa.Schema) -> None:
         self.schema = schema
-        self.shard: Shard | None = None
-        self.tables: list[pa.Table] = []
 
-    def begin_shard(self, shard: Shard) -> None:
-        self.shard, self.tables = shard, []
+    def part_prefixes(self) -> list[tuple[str, str]]:
+        return [("", "part-")]
 
-    def add_rows(self, rows: pa.Table) -> None:
-        self.tables.append(rows.select(self.schema.names).cast(self.schema))
-        return None
-
-    def end_shard(self) -> tuple[str, ...]:
-        assert self.shard is not None
-        table = pa.concat_tables(self.tables) if self.tables else self.schema.empty_table()
-        buffer = io.BytesIO()
-        pq.write_table(table.replace_schema_metadata(self.schema.metadata), buffer)
-        name = f"part-{self.shard.index:05d}.parquet"
-        self.out.put(name, buffer.getvalue())
-        self.tables = []
-        return (name,)
+    def write_part(
+        self, out: OutputDir, shard: int, first_row: int, rows: pa.Table
+    ) -> tuple[list[str], int, pa.Table | None]:
+        table = rows.select(self.schema.names).cast(self.schema)
+        data = parquet_bytes(table.replace_schema_metadata(self.schema.metadata))
+        name = f"part-{piece_stem(shard, first_row)}.parquet"
+        out.put(name, data)
+        return [name], len(data), None
 
 
 def run_embed(config: EmbedConfig) -> JobSummary:

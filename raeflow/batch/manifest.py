@@ -1,25 +1,27 @@
 """The bookkeeping files of a batch job: `_manifest/`, `_rejected/`, `_SUCCESS`, and resume.
 
-    _manifest/job.json            what job this folder holds: kind, model fingerprint, settings
-    _manifest/shard-00007.json    one per finished input shard: rows in/out/rejected, seconds
-    _rejected/part-00007.parquet  images of shard 7 that could not be used: key, source, reason
-    _SUCCESS                      written last, when every shard is finished
+    _manifest/job.json                   what job this folder holds: kind, model fingerprint, settings
+    _manifest/shard-00007.json           one per finished input shard: rows in/out/rejected, its files,
+                                         bytes, the nodes that wrote them, seconds
+    _manifest/keys-00007.bin             8-byte hashes of the shard's keys (the key-collision check)
+    _rejected/part-00007-000000.parquet  images of shard 7 that could not be used: key, source, reason
+    _SUCCESS                             written last, when every shard is finished
 
-A shard's record is written only after its outputs and its rejected list, so a record means the
-shard is complete; a rerun skips recorded shards and redoes the rest. A folder that holds another
-job (another model or other output settings) is refused instead of mixed.
+The workers write the outputs and `_rejected/` parts; the driver writes a shard's record only
+after every row of the shard is accounted for by written parts, so a record means the shard is
+complete. A rerun skips recorded shards, deletes the partial outputs of the others and redoes
+them. A folder that holds another job (another model or other output settings) is refused.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from raeflow import __version__
 from raeflow.batch.output import OutputDir
@@ -49,9 +51,13 @@ class ShardRecord:
     rows_rejected: int
     """Images that could not be used (listed in `_rejected/`)."""
     seconds: float
-    """Wall time from the shard's first row reaching the driver to its record being written."""
+    """Worker seconds spent predicting and writing the shard's pieces (summed over its pieces)."""
     outputs: tuple[str, ...] = ()
-    """Relative paths of the files written for the shard (empty for one file per image)."""
+    """Relative paths of the files written for the shard (a folder mirror lists none: one file per image)."""
+    bytes: int = 0
+    """Bytes of the files written for the shard."""
+    nodes: tuple[str, ...] = ()
+    """Ray node ids of the workers that wrote the shard's pieces."""
 
 
 def record_name(index: int) -> str:
@@ -59,9 +65,9 @@ def record_name(index: int) -> str:
     return f"{MANIFEST_DIR}/shard-{index:05d}.json"
 
 
-def rejected_name(index: int) -> str:
-    """Relative path of the rejected table of shard `index`."""
-    return f"{REJECTED_DIR}/part-{index:05d}.parquet"
+def keys_name(index: int) -> str:
+    """Relative path of the key hashes of shard `index`."""
+    return f"{MANIFEST_DIR}/keys-{index:05d}.bin"
 
 
 class Manifest:
@@ -70,11 +76,10 @@ class Manifest:
     def __init__(self, out: OutputDir) -> None:
         self.out = out
 
-    def claim(self, job: str, fingerprint: str, settings: dict[str, Any], num_shards: int) -> bool:
-        """Record which job this folder holds, or check that it already holds the same one.
+    def check(self, job: str, fingerprint: str, settings: dict[str, Any], num_shards: int) -> bool:
+        """Whether the folder already holds this job (a rerun); reads only.
 
-        Returns True when the folder held this job before (a rerun). Raises `JobError` when it
-        holds another model's or other settings' output.
+        Raises `JobError` when it holds another model's or other settings' output, or other files.
         """
         wanted = {"job": job, "model": fingerprint, "settings": settings, "num_shards": num_shards}
         if self.out.exists(JOB_FILE):
@@ -87,12 +92,25 @@ class Manifest:
                         "write to a new --out or delete that folder"
                     )
             return True
+        if self.out.is_file():
+            raise JobError(f"--out {self.out.url()} is a file; give a folder (new or empty)")
         foreign = [name for name in self.out.list("") if not name.startswith("_")]
         if foreign:
             raise JobError(
                 f"{self.out.url()} is not empty and holds no raeflow job ({foreign[0]}, ...); "
                 "write to a new or empty --out"
             )
+        return False
+
+    def claim(self, job: str, fingerprint: str, settings: dict[str, Any], num_shards: int) -> bool:
+        """Record which job this folder holds, or check that it already holds the same one.
+
+        Returns True when the folder held this job before (a rerun). Raises `JobError` when it
+        holds another model's or other settings' output.
+        """
+        if self.check(job, fingerprint, settings, num_shards):
+            return True
+        wanted = {"job": job, "model": fingerprint, "settings": settings, "num_shards": num_shards}
         body = dict(wanted, version=__version__, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
         self.out.put(JOB_FILE, json.dumps(body, indent=1, sort_keys=True).encode())
         return False
@@ -104,26 +122,34 @@ class Manifest:
             if name.startswith("shard-") and name.endswith(".json"):
                 body = json.loads(self.out.read(f"{MANIFEST_DIR}/{name}"))
                 body["outputs"] = tuple(body.get("outputs", ()))
+                body["nodes"] = tuple(body.get("nodes", ()))
                 record = ShardRecord(**body)
                 records[record.shard] = record
         return records
 
-    def write_rejected(self, index: int, rejected: pa.Table) -> None:
-        """Write (or, for none, remove) the rejected table of shard `index`."""
-        if rejected.num_rows == 0:
-            self.out.remove(rejected_name(index))
-            return
-        buffer = io.BytesIO()
-        pq.write_table(rejected.select(REJECTED_SCHEMA.names).cast(REJECTED_SCHEMA), buffer)
-        self.out.put(rejected_name(index), buffer.getvalue())
-
-    def write_record(self, record: ShardRecord) -> None:
-        """Mark a shard finished; call only after its outputs and rejected table are written."""
+    def write_record(self, record: ShardRecord, hashes: np.ndarray) -> None:
+        """Mark a shard finished (its key hashes first); call only when all its outputs are written."""
+        self.out.put(keys_name(record.shard), hashes.astype("<u8").tobytes())
         self.out.put(record_name(record.shard), json.dumps(asdict(record), sort_keys=True).encode())
 
-    def is_complete(self) -> bool:
-        """Whether `_SUCCESS` exists."""
-        return self.out.exists(SUCCESS_FILE)
+    def key_hashes(self, index: int) -> np.ndarray:
+        """The key hashes of finished shard `index` (empty for records written before hashes were kept)."""
+        if not self.out.exists(keys_name(index)):
+            return np.zeros(0, dtype=np.uint64)
+        return np.frombuffer(self.out.read(keys_name(index)), dtype="<u8").astype(np.uint64)
+
+    def remove_partial(self, prefixes: list[tuple[str, str]], unfinished: set[int]) -> int:
+        """Delete the files `folder/<prefix><shard>-...` of unfinished shards; returns how many."""
+        removed = 0
+        for folder in sorted({folder for folder, _ in prefixes}):
+            for name in self.out.list(folder):
+                for _, prefix in (p for p in prefixes if p[0] == folder):
+                    digits = name[len(prefix) : len(prefix) + 5]
+                    if name.startswith(prefix) and digits.isdigit() and int(digits) in unfinished:
+                        self.out.remove_tree(f"{folder}/{name}" if folder else name)
+                        removed += 1
+                        break
+        return removed
 
     def mark_success(self, summary: dict[str, Any]) -> None:
         """Write `_SUCCESS` (the job's summary as JSON)."""

@@ -106,6 +106,19 @@ class OutputDir:
         if self.fs.exists(target):
             self.fs.rm(target)
 
+    def remove_tree(self, relpath: str) -> None:
+        """Delete the file or folder `relpath` if it exists."""
+        target = self.path(relpath)
+        if self.fs.exists(target):
+            self.fs.rm(target, recursive=True)
+
+    def is_file(self) -> bool:
+        """Whether the folder's own URI names an existing file (a mistyped --out)."""
+        try:
+            return bool(self.fs.isfile(self.root))
+        except (FileNotFoundError, OSError):
+            return False
+
     def remove_leftovers(self) -> int:
         """Delete temporary files of interrupted writes anywhere under the folder; returns how many."""
         if not self.is_local or not self.fs.exists(self.root):

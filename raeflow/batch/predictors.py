@@ -44,15 +44,12 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x.clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def _result(batch: pa.Table, reasons: list[str | None], payload: dict[str, pa.Array]) -> pa.Table:
-    columns = {name: batch.column(name) for name in PASS_THROUGH}
-    columns["reason"] = pa.array(reasons, pa.string())
-    columns.update(payload)
-    return pa.table(columns)
+class Predictor:
+    """The base of every predictor: loads the bundle once; subclasses implement `__call__`.
 
-
-class _Predictor:
-    """Loads the bundle once; subclasses implement `__call__`."""
+    Gives them the model on its device, its input contract, images grouped by shape
+    (`same_shape_groups`) and the result table (`result`: pass-through columns, `reason`, payload).
+    """
 
     def __init__(self, bundle: str, *, device: str | None = None) -> None:
         self.device = pick_device(device)
@@ -64,8 +61,27 @@ class _Predictor:
         self.width = contract["width"]
         self.any_size = self.height == "any" or self.width == "any"
 
+    @staticmethod
+    def result(batch: pa.Table, reasons: list[str | None], payload: dict[str, pa.Array]) -> pa.Table:
+        """One output row per input row: the pass-through columns, `reason`, then `payload`."""
+        columns = {name: batch.column(name) for name in PASS_THROUGH if name in batch.column_names}
+        columns["reason"] = pa.array(reasons, pa.string())
+        columns.update(payload)
+        return pa.table(columns)
 
-class EncodePredictor(_Predictor):
+    @staticmethod
+    def same_shape_groups(arrays: list[np.ndarray | None]) -> list[tuple[list[int], list[np.ndarray]]]:
+        """The usable images grouped by shape (row indices, images), so each group stacks into one batch."""
+        groups: dict[tuple[int, ...], tuple[list[int], list[np.ndarray]]] = {}
+        for i, array in enumerate(arrays):
+            if array is not None:
+                rows, group = groups.setdefault(array.shape, ([], []))
+                rows.append(i)
+                group.append(array)
+        return list(groups.values())
+
+
+class EncodePredictor(Predictor):
     """Images -> their embeddings (`embed`: the code flattened; a VAE's posterior mean).
 
     The decode step gives the images the model's channels and, for fixed-size models (or with
@@ -81,23 +97,12 @@ class EncodePredictor(_Predictor):
     def __call__(self, batch: pa.Table) -> pa.Table:
         arrays = pixels_of(batch)
         vectors = np.zeros((batch.num_rows, self.dim), dtype=np.float32)  # (N, D)
-        for rows, group in _same_shape_groups(arrays):
+        for rows, group in self.same_shape_groups(arrays):
             x = to_tensor(group).to(self.device)  # (B, C, H, W)
             vectors[rows] = self.model.embed(x).float().cpu().numpy()  # (B, D)
         flat = pa.array(vectors.reshape(-1), pa.float32())
         reasons = batch.column("reason").to_pylist()
-        return _result(batch, reasons, {"embedding": pa.FixedSizeListArray.from_arrays(flat, self.dim)})
-
-
-def _same_shape_groups(arrays: list[np.ndarray | None]) -> list[tuple[list[int], list[np.ndarray]]]:
-    """The usable images grouped by shape (row indices, images), so each group stacks into one batch."""
-    groups: dict[tuple[int, ...], tuple[list[int], list[np.ndarray]]] = {}
-    for i, array in enumerate(arrays):
-        if array is not None:
-            rows, group = groups.setdefault(array.shape, ([], []))
-            rows.append(i)
-            group.append(array)
-    return list(groups.values())
+        return self.result(batch, reasons, {"embedding": pa.FixedSizeListArray.from_arrays(flat, self.dim)})
 
 
 def embedding_dim(model: Autoencoder, channels: int, height: object, width: object) -> int:
@@ -113,7 +118,7 @@ def embedding_dim(model: Autoencoder, channels: int, height: object, width: obje
         return int(model.embed(probe).shape[1])
 
 
-class DenoisePredictor(_Predictor):
+class DenoisePredictor(Predictor):
     """Images -> denoised images, each at its own size, mode and (by default) format.
 
     Channel rule: a grey image through an RGB model is copied to three channels and averaged
@@ -167,7 +172,7 @@ class DenoisePredictor(_Predictor):
             "data": pa.array(datas, pa.large_binary()),
             "out_format": pa.array(out_formats, pa.string()),
         }
-        return _result(batch, reasons, payload)
+        return self.result(batch, reasons, payload)
 
     def denoise(self, array: np.ndarray) -> np.ndarray:
         """One image `uint8` `(H, W, C)` -> denoised, same shape; raises `ImageRejected` for a size misfit."""
@@ -227,22 +232,3 @@ def output_format(wanted: str, found: str | None) -> str:
     if wanted != "same":
         return wanted
     return found if found in ("png", "jpeg", "webp", "bmp", "tiff") else "png"
-
-
-class ReconstructPredictor(_Predictor):
-    """Images (fitted to the model by the decode step) -> reconstructions, for reports.
-
-    Output payload: `recon` (raw `uint8` `(H, W, C)` bytes, the shape of the input pixels).
-    """
-
-    @torch.inference_mode()
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        arrays = pixels_of(batch)
-        reasons = batch.column("reason").to_pylist()
-        recons: list[bytes] = [b""] * batch.num_rows
-        for rows, group in _same_shape_groups(arrays):
-            x = to_tensor(group).to(self.device)  # (B, C, H, W)
-            out = self.model(x)["recon"].float()  # (B, C, H, W)
-            for i, y in zip(rows, out, strict=True):
-                recons[i] = to_uint8(y).tobytes()
-        return _result(batch, reasons, {"recon": pa.array(recons, pa.large_binary())})

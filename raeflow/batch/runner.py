@@ -1,93 +1,60 @@
-"""Run a batch job as one Ray Data stream, writing each input shard's output exactly once.
+"""Run a batch job as one Ray Data stream whose workers write the outputs; the driver only keeps the books.
 
-    pending shards -> read_dataset           one CPU read task per shard, decoding as it reads
-                                             (decode_rows: bytes -> raw pixels, bad images get a reason)
-                   -> Predictor              actor pool (GPU with --gpu): one pyarrow batch per call
-                   -> driver                 iter_batches in shard order; per finished shard:
-                                             writer outputs, _rejected/ part, then _manifest/ record
+    pending shards -> read tasks (BatchSource)   one CPU task per shard, decoding as it reads;
+                                                 prefers nodes labelled raeflow.io/role=decode
+                   -> PredictAndWrite actors     elastic pool (1 .. CPUs, or GPUs with --gpu; --workers
+                                                 caps it): predict a block, write its files to --out
+                   -> driver                     small commit records (shard, rows, files, bytes, node);
+                                                 a shard whose rows are all written gets its
+                                                 `_manifest/` record (after `finish_shard` for mirrors)
 
-The stream runs with `preserve_order`, so rows reach the driver sorted by shard: shard k is
-complete when a row of a later shard arrives or the stream ends (shards with no rows at all are
-completed then too). Only the current shard is held on the driver, so its memory does not grow
-with the number of images. A shard's manifest record is written after its outputs, so a rerun of
-the same command skips recorded shards, redoes the rest (their outputs are overwritten whole) and
-deletes temporary files of an interrupted write; a folder holding another model's run is refused.
+No output byte passes through the driver and there is no `preserve_order`: how a shard's
+completion is known is described in `raeflow.batch.ledger`. A rerun of the same command skips
+recorded shards, deletes the partial outputs of the others (`PartWriter.part_prefixes`, temporary
+files) and redoes them, so every key ends up in the output exactly once.
 
 How a job plugs in (embed, denoise and report all do exactly this):
 
-    from raeflow.batch.runner import BatchJob, ShardWriter, run_batch_job
-
-    class MyWriter(ShardWriter):                   # driver side, one instance per run
-        def begin_shard(self, shard): ...          # a new input shard starts
-        def add_rows(self, rows): ...              # the shard's usable predictor rows, in order
-                                                   #   (may return rows it refuses: key, source, reason)
-        def end_shard(self): ...                   # write its outputs via self.out.put(...) -> relpaths
-        def end_job(self, summary): ...            # optional: files that need every shard -> URIs
+    class MyWriter(PartWriter):                          # pickled into every predictor actor
+        def part_prefixes(self): return [("", "part-")]  # where a shard's partial outputs live
+        def write_part(self, out, shard, first_row, rows): ...   # -> (relpaths, bytes, refused)
 
     summary = run_batch_job(BatchJob(
-        name="report", source=source, out=OutputDir(uri), fingerprint=bundle.fingerprint,
+        name="embed", source=source, out=OutputDir(uri), fingerprint=bundle.fingerprint,
         settings={...output-shaping settings...}, decode=DecodeSpec(channels=1, height=28, width=28),
-        predictor=ReconstructPredictor, predictor_kwargs={"bundle": uri}, writer=MyWriter(...),
+        predictor=EncodePredictor, predictor_kwargs={"bundle": uri}, writer=MyWriter(...),
         run=RunOptions(batch_size=256)))
-
-The predictor is any Ray-free class: `__init__(**predictor_kwargs)` loads the model, `__call__`
-maps a `pyarrow.Table` of `DECODED_SCHEMA` rows to a table with one row per input row holding
-`key, source, label, shard, reason` plus its payload columns (see `raeflow.batch.predictors`).
-Rows whose `reason` is set go to `_rejected/`; the writer only ever sees usable rows.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from raeflow.batch.config import RunOptions
-from raeflow.batch.decoding import DecodeSpec, DecodingSource, decode_rows
-from raeflow.batch.manifest import Manifest, ShardRecord
+from raeflow.batch.decoding import DECODED_SCHEMA, BatchSource, DecodeSpec
+from raeflow.batch.ledger import KeyIndex, OpenShard
+from raeflow.batch.location import check_out_outside_data, resolved_uri
+from raeflow.batch.manifest import REJECTED_DIR, Manifest, ShardRecord
 from raeflow.batch.output import OutputDir
 from raeflow.batch.summary import JobSummary, check_rejected, summarise
-from raeflow.connection import connect_ray
+from raeflow.batch.worker import PartWriter, PredictAndWrite
+from raeflow.connection import connect_ray, require_gpus
 from raeflow.data.sources.base import Shard, Source
+from raeflow.progress import Progress
 
 CRASH_HOOK = "RAEFLOW_TEST_CRASH_AFTER_SHARDS"
-"""Test hook: after this many shards are finished, the driver exits half-way through writing the next."""
+"""Test hook: after this many shards are committed, the driver dies half-way through committing the next."""
 
+DECODE_LABEL = ("raeflow.io/role", "decode")
+"""Node label of the CPU-only decode workers (cluster.yaml); read tasks prefer such nodes."""
 
-class ShardWriter:
-    """Writes one job's outputs on the driver, one input shard at a time (subclass it).
-
-    `out` is set by the runner before the first shard. Every file goes through `out.put` or
-    `out.open_atomic`, so it appears whole or not at all, and never outside the output folder.
-    """
-
-    out: OutputDir
-
-    def begin_shard(self, shard: Shard) -> None:
-        """A new input shard starts; forget the previous one."""
-        raise NotImplementedError
-
-    def add_rows(self, rows: pa.Table) -> pa.Table | None:
-        """Usable predictor rows of the current shard, in input order (called zero or more times).
-
-        May return rows it could not place (e.g. a key that would escape the output folder) as a
-        table of `key, source, reason`; they are counted and listed as rejected.
-        """
-        raise NotImplementedError
-
-    def end_shard(self) -> tuple[str, ...]:
-        """Write the current shard's outputs; return their paths relative to `out`."""
-        raise NotImplementedError
-
-    def end_job(self, summary: JobSummary) -> list[str]:
-        """After every shard is finished: write job-wide files (e.g. a report); return their URIs."""
-        return []
+BLOCK_BYTES = 32 * 1024 * 1024
+"""Target size of a block of decoded rows, which is also what one part file holds (see docs/batch.md)."""
 
 
 @dataclass
@@ -105,190 +72,196 @@ class BatchJob:
     settings: dict[str, Any]
     """Settings that shape the output; a rerun into `out` with other values is refused."""
     decode: DecodeSpec
-    """How the decode tasks turn bytes into pixels."""
+    """How the read tasks turn bytes into pixels."""
     predictor: type
     """Ray-free callable class, run in an actor pool: `pa.Table` in, `pa.Table` out."""
     predictor_kwargs: dict[str, Any]
     """Constructor arguments of `predictor` (e.g. the bundle URI)."""
-    writer: ShardWriter
-    """Writes each finished shard's outputs on the driver."""
+    writer: PartWriter
+    """Writes each piece's outputs inside the predictor actors."""
     run: RunOptions = field(default_factory=RunOptions)
     """Batch size, actor count, GPUs, Ray address, rejected threshold."""
     outputs_hint: str = ""
     """What to show as the outputs in the summary (e.g. `part-*.parquet`); default: the folder."""
+    block_bytes: int = BLOCK_BYTES
+    """Target bytes of decoded pixels per block (one actor call, one part file)."""
 
 
 def run_batch_job(job: BatchJob) -> JobSummary:
     """Run `job` over every unfinished shard of its source; returns the summary of the whole folder.
 
-    Raises `JobError` when the folder holds another run, or when more than `run.max_rejected` of
-    the images were rejected (the outputs of the good images are kept, `_SUCCESS` is not written).
+    Raises `ConfigError` when --out lies inside --data, `JobError` when the folder holds another
+    run, or when more than `run.max_rejected` of the images were rejected (the outputs of the good
+    images are kept, `_SUCCESS` is not written). Nothing is written before Ray is reachable.
     """
     job.run.validate()
     started = time.monotonic()
+    settings = dict(job.settings)
+    if settings.get("data"):
+        check_out_outside_data(settings["data"], job.out.uri)
+        settings["data"] = resolved_uri(settings["data"])
     shards = job.source.list_shards()
     manifest = Manifest(job.out)
-    manifest.claim(job.name, job.fingerprint, job.settings, len(shards))
-    job.out.remove_leftovers()
+    manifest.check(job.name, job.fingerprint, settings, len(shards))
     done = manifest.finished()
     pending = [shard for shard in shards if shard.index not in done]
-    job.writer.out = job.out
-    progress = _Progress(job, len(shards), quiet=job.run.quiet)
-    if pending:
-        manifest.clear_success()
-        progress.say(f"{len(pending)} of {len(shards)} shards to do ({job.source.describe()})")
-        for record in _stream(job, pending, manifest):
-            done[record.shard] = record
-            progress.shard_done(record)
+    received = [0]
+    with Progress(job.name, quiet=job.run.quiet) as progress:
+        if pending:
+            _connect(job.run)  # before anything is written: an unreachable cluster writes nothing
+            manifest.claim(job.name, job.fingerprint, settings, len(shards))
+            manifest.clear_success()
+            job.out.remove_leftovers()
+            prefixes = [*job.writer.part_prefixes(), (REJECTED_DIR, "part-")]
+            manifest.remove_partial(prefixes, {shard.index for shard in pending})
+            progress.say(f"{len(pending)} of {len(shards)} shards to do ({job.source.describe()})")
+            for record in _stream(job, pending, manifest, progress, received):
+                done[record.shard] = record
+        else:
+            manifest.claim(job.name, job.fingerprint, settings, len(shards))
+    keys = KeyIndex()
+    for index in sorted(done):
+        keys.add(index, manifest.key_hashes(index))
+    collisions, groups = keys.collisions()
     summary = summarise(
         job.name, job.out, shards, done, pending, time.monotonic() - started, outputs_hint=job.outputs_hint
     )
+    summary.received_bytes = received[0]
+    if collisions:
+        names = {shard.index: shard.name for shard in shards}
+        summary.key_collisions = collisions
+        summary.collision_shards = [[names.get(i, str(i)) for i in group] for group in groups]
     check_rejected(summary, job.run.max_rejected)
-    summary.outputs += job.writer.end_job(summary)
+    summary.outputs += job.writer.end_job(job.out, summary)
     manifest.mark_success(summary.as_dict())
     return summary
 
 
-def _stream(job: BatchJob, pending: list[Shard], manifest: Manifest) -> Iterator[ShardRecord]:
-    """Run the Ray Data pipeline over `pending` shards; yield each shard's record once it is written."""
-    import ray.data
+def _connect(run: RunOptions) -> None:
+    """Join the cluster (or start a private Ray), check GPUs, keep Ray Data's log lines off the console."""
+    connect_ray(run.address, verbose=run.verbose)
+    if run.gpu:
+        require_gpus(1)
+    if not run.verbose:
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
 
+
+def _stream(
+    job: BatchJob, pending: list[Shard], manifest: Manifest, progress: Progress
+) -> Iterator[ShardRecord]:
+    """Run the pipeline over `pending` shards; yield each shard's record once it is committed."""
     from raeflow.data.dataset import read_dataset
 
-    connect_ray(job.run.address)
-    options = job.run
-    if options.decode_in_read:  # decoding runs inside the read tasks
-        ds = read_dataset(DecodingSource(job.source, job.decode), pending)
-    else:
-        ds = read_dataset(job.source, pending).map_batches(
-            decode_rows,  # type: ignore[arg-type]  # a pyarrow batch function with keyword settings
-            fn_kwargs={"spec": job.decode},
-            batch_format="pyarrow",
-            batch_size=options.decode_batch_size,
-        )
-    ds = ds.map_batches(
-        job.predictor,
-        fn_constructor_kwargs=job.predictor_kwargs,
-        compute=ray.data.ActorPoolStrategy(size=options.workers or _default_workers(options.gpu)),
-        batch_size=options.batch_size,
-        batch_format="pyarrow",
-        num_cpus=options.worker_cpus,
-        num_gpus=1 if options.gpu else None,
+    decode_args = {"label_selector": dict([DECODE_LABEL]), "fallback_strategy": [{"label_selector": {}}]}
+    ds = read_dataset(
+        BatchSource(job.source, job.decode),
+        pending,
+        batch_rows=job.run.batch_size,
+        schema=DECODED_SCHEMA,
+        **decode_args,
     )
-    ds.context.execution_options.preserve_order = True  # rows arrive sorted by shard
-    crash_after = int(os.environ.get(CRASH_HOOK, "-1"))
-    queue = iter(pending)
-    current = _OpenShard(next(queue), job.writer)
-    num_finished = 0
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=1):
-        for index, rows in _runs_by_shard(batch):
-            while current.shard.index != index:
-                if current.shard.index > index:
-                    raise RuntimeError(f"rows of shard {index} arrived after shard {current.shard.index}")
-                yield current.finish(manifest, crash=num_finished == crash_after)
-                num_finished += 1
-                current = _OpenShard(next(queue), job.writer)
-            current.add(rows)
-    while True:  # the last shard with rows, then any trailing shards that had none
-        yield current.finish(manifest, crash=num_finished == crash_after)
-        num_finished += 1
-        following = next(queue, None)
-        if following is None:
+    ds.context.target_max_block_size = job.block_bytes
+    ds = ds.map_batches(
+        PredictAndWrite,  # type: ignore[arg-type]  # a callable class Ray runs in an actor pool
+        fn_constructor_kwargs={
+            "predictor": job.predictor,
+            "predictor_kwargs": job.predictor_kwargs,
+            "writer": job.writer,
+            "out": job.out.uri,
+            "batch_size": job.run.batch_size,
+        },
+        compute=predictor_pool(job.run),
+        batch_size=None,  # one block per call: rows of one shard, sliced to batch_size for the model
+        batch_format="pyarrow",
+        num_cpus=job.run.worker_cpus,
+        num_gpus=1 if job.run.gpu else None,
+    )  # Ray Data's actor pools restart a lost actor and redo its block (max_restarts=-1 by default)
+    books = _Books(job, manifest, decode_args)
+    books.add_shards(pending)
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+        received[0] += batch.nbytes
+        for record in batch.to_pylist():
+            shard = books.open[record["shard"]]
+            if shard.add(record):
+                progress.advance(record["rows_in"], rejected=record["rows_rejected"])
+            if shard.complete:
+                yield from books.commit(shard)
+        yield from books.finished(wait=False)
+    # The stream has ended: every read task ran to its end, so every shard is complete
+    # (shards with no rows at all sent no record).
+    for shard in list(books.open.values()):
+        if shard.total is not None and not shard.complete:
+            raise RuntimeError(f"shard {shard.shard.name}: {shard.rows} of {shard.total} rows were written")
+        yield from books.commit(shard)
+    yield from books.finished(wait=True)
+
+
+def predictor_pool(run: RunOptions) -> Any:
+    """The elastic actor pool: 1 .. one actor per GPU (--gpu) or per `worker_cpus` CPUs, at most --workers."""
+    import ray
+
+    resources = ray.cluster_resources()
+    if run.gpu:
+        most = max(1, int(resources.get("GPU", 1)))
+    else:
+        most = max(1, int(resources.get("CPU", 1) // run.worker_cpus))
+    if run.workers is not None:
+        most = min(most, run.workers)
+    kind = "GPU" if run.gpu else "CPU"
+    nodes = sum(1 for node in ray.nodes() if node["Alive"] and node["Resources"].get(kind, 0) > 0)
+    # Start one actor per node (Ray Data spreads them), grow while blocks queue up, shrink when idle.
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=most, initial_size=max(1, min(most, nodes)))
+
+
+class _Books:
+    """Open shards and the commits in flight (mirrors whose shard files are built by a Ray task)."""
+
+    def __init__(self, job: BatchJob, manifest: Manifest, task_args: dict[str, Any]) -> None:
+        self.job = job
+        self.manifest = manifest
+        self.task_args = task_args
+        self.open: dict[int, OpenShard] = {}
+        self.finishing: dict[Any, OpenShard] = {}
+        self.num_committed = 0
+        self.crash_after = int(os.environ.get(CRASH_HOOK, "-1"))
+        self._finish = None
+
+    def add_shards(self, shards: list[Shard]) -> None:
+        self.open.update({shard.index: OpenShard(shard) for shard in shards})
+
+    def commit(self, shard: OpenShard) -> Iterator[ShardRecord]:
+        """Commit a complete shard now, or start its `finish_shard` task."""
+        del self.open[shard.shard.index]
+        if not self.job.writer.finishes_shards:
+            yield self._write(shard, shard.files())
             return
-        current = _OpenShard(following, job.writer)
+        import ray
 
+        if self._finish is None:
+            self._finish = ray.remote(_finish_shard).options(**self.task_args, max_retries=3)
+        ref = self._finish.remote(self.job.writer, self.job.out.uri, shard.shard, shard.files())
+        self.finishing[ref] = shard
 
-class _OpenShard:
-    """The one shard the driver is collecting: counts and rejected rows; usable rows go to the writer."""
+    def finished(self, *, wait: bool) -> Iterator[ShardRecord]:
+        """Records of shards whose `finish_shard` task is done (all of them with `wait`)."""
+        import ray
 
-    def __init__(self, shard: Shard, writer: ShardWriter) -> None:
-        self.shard = shard
-        self.writer = writer
-        self.rows_in = 0
-        self.rows_out = 0
-        self.rejected: list[pa.Table] = []
-        self.started = time.monotonic()
-        writer.begin_shard(shard)
+        while self.finishing:
+            ready, _ = ray.wait(list(self.finishing), num_returns=1, timeout=None if wait else 0)
+            if not ready:
+                return
+            shard = self.finishing.pop(ready[0])
+            yield self._write(shard, ray.get(ready[0]))
 
-    def add(self, rows: pa.Table) -> None:
-        self.rows_in += rows.num_rows
-        bad = pc.is_valid(rows.column("reason"))
-        if pc.any(bad).as_py():
-            self.rejected.append(rows.filter(bad).select(["key", "source", "reason"]))
-            rows = rows.filter(pc.invert(bad))
-        if rows.num_rows:
-            refused = self.writer.add_rows(rows)
-            self.rows_out += rows.num_rows - (refused.num_rows if refused is not None else 0)
-            if refused is not None and refused.num_rows:
-                self.rejected.append(refused.select(["key", "source", "reason"]))
-
-    def finish(self, manifest: Manifest, *, crash: bool = False) -> ShardRecord:
-        """Write outputs, then the rejected part, then the record (the order resume relies on)."""
-        if crash:  # test hook: die part-way through writing this shard, leaving a temporary file
-            with manifest.out.open_atomic(f"part-{self.shard.index:05d}.crash"):
+    def _write(self, shard: OpenShard, outputs: list[str]) -> ShardRecord:
+        if self.num_committed == self.crash_after:  # test hook: die mid-commit, leaving a temporary file
+            with self.manifest.out.open_atomic(f"_manifest/shard-{shard.shard.index:05d}.crash"):
                 os._exit(3)
-        outputs = self.writer.end_shard()
-        rejected = (
-            pa.concat_tables(self.rejected)
-            if self.rejected
-            else pa.table(
-                {
-                    "key": pa.array([], pa.string()),
-                    "source": pa.array([], pa.string()),
-                    "reason": pa.array([], pa.string()),
-                }
-            )
-        )
-        manifest.write_rejected(self.shard.index, rejected)
-        record = ShardRecord(
-            shard=self.shard.index,
-            name=self.shard.name,
-            rows_in=self.rows_in,
-            rows_out=self.rows_out,
-            rows_rejected=rejected.num_rows,
-            seconds=round(time.monotonic() - self.started, 3),
-            outputs=tuple(outputs),
-        )
-        manifest.write_record(record)
+        record = shard.record(outputs)
+        self.manifest.write_record(record, shard.hashes())
+        self.num_committed += 1
         return record
 
 
-def _runs_by_shard(batch: pa.Table) -> Iterator[tuple[int, pa.Table]]:
-    """Split a batch into consecutive runs of rows with the same `shard`."""
-    shard_ids = batch.column("shard").to_numpy()
-    start = 0
-    for end in range(1, len(shard_ids) + 1):
-        if end == len(shard_ids) or shard_ids[end] != shard_ids[start]:
-            yield int(shard_ids[start]), batch.slice(start, end - start)
-            start = end
-
-
-def _default_workers(gpu: bool) -> int:
-    if gpu:
-        import ray
-
-        return max(1, int(ray.cluster_resources().get("GPU", 1)))
-    return 1
-
-
-class _Progress:
-    """One console line per finished shard, on stderr."""
-
-    def __init__(self, job: BatchJob, num_shards: int, *, quiet: bool) -> None:
-        self.name = job.name
-        self.num_shards = num_shards
-        self.quiet = quiet
-        self.started = time.monotonic()
-        self.images = 0
-
-    def say(self, text: str) -> None:
-        if not self.quiet:
-            print(f"[{self.name}] {text}", file=sys.stderr, flush=True)
-
-    def shard_done(self, record: ShardRecord) -> None:
-        self.images += record.rows_in
-        rate = self.images / max(time.monotonic() - self.started, 1e-9)
-        self.say(
-            f"shard {record.shard + 1}/{self.num_shards} {record.name}: {record.rows_in} in, "
-            f"{record.rows_out} out, {record.rows_rejected} rejected ({rate:,.0f} images/s so far)"
-        )
+def _finish_shard(writer: PartWriter, out: str, shard: Shard, parts: list[str]) -> list[str]:
+    return writer.finish_shard(OutputDir(out), shard, parts)

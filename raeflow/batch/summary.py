@@ -37,6 +37,12 @@ class JobSummary:
     """Where the outputs are (URIs or globs)."""
     rejected: str | None = None
     """URI of the `_rejected/` table, when any image was rejected."""
+    received_bytes: int = 0
+    """Bytes of commit records the driver received in this run (output bytes never pass through it)."""
+    key_collisions: int = 0
+    """Keys that occur more than once in the input (keys should be unique; outputs share such keys)."""
+    collision_shards: list[list[str]] = field(default_factory=list)
+    """Some groups of input shards that share keys (names), to look at."""
 
     def lines(self) -> list[str]:
         """A one-screen, human-readable summary."""
@@ -45,11 +51,16 @@ class JobSummary:
             f"{self.job}: {self.images_in:,} images in, {self.images_out:,} out, "
             f"{self.images_rejected:,} rejected",
             f"  shards:   {self.num_shards}{skipped}",
-            f"  speed:    {self.images_per_second:,.1f} images/s ({self.seconds:.1f} s this run)",
+            f"  speed:    {format_rate(self.images_per_second)} images/s ({self.seconds:.1f} s this run)",
         ]
         text += [f"  output:   {path}" for path in self.outputs]
         if self.rejected:
             text.append(f"  rejected: {self.rejected}")
+        if self.key_collisions:
+            where = "; ".join(" + ".join(group) for group in self.collision_shards)
+            text.append(
+                f"  warning:  {self.key_collisions:,} keys occur more than once in the input ({where})"
+            )
         return text
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,7 +91,7 @@ def summarise(
         images_out=sum(r.rows_out for r in done.values()),
         images_rejected=rejected,
         seconds=round(seconds, 3),
-        images_per_second=round(processed / seconds, 1) if seconds > 0 else 0.0,
+        images_per_second=significant(processed / seconds) if seconds > 0 else 0.0,
         outputs=[out.url(outputs_hint)] if outputs_hint else [out.url()],
         rejected=out.url(REJECTED_DIR + "/") if rejected else None,
     )
@@ -97,3 +108,17 @@ def check_rejected(summary: JobSummary, max_rejected: float | None) -> None:
             + (f", more than --max-rejected {max_rejected}" if max_rejected is not None else "")
             + f"; see the reasons in {summary.rejected}"
         )
+
+
+def significant(value: float, digits: int = 3) -> float:
+    """`value` rounded to `digits` significant digits (a slow job's 0.0333 images/s is not 0.0)."""
+    return float(f"{value:.{digits}g}")
+
+
+def format_rate(value: float) -> str:
+    """A rate for people: 1,234 / 12.3 / 0.033."""
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 1:
+        return f"{value:.1f}"
+    return f"{value:.2g}"

@@ -9,6 +9,7 @@ lists shards; the Source object travels to the read tasks (plain attributes, sto
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pyarrow as pa
 import ray.data
@@ -22,26 +23,39 @@ DATASET_SCHEMA = ROW_SCHEMA.append(pa.field("shard", pa.int64(), nullable=False)
 
 
 def read_dataset(
-    source: Source, shards: Sequence[Shard] | None = None, *, batch_rows: int = 256
+    source: Source,
+    shards: Sequence[Shard] | None = None,
+    *,
+    batch_rows: int = 256,
+    schema: pa.Schema | None = None,
+    **placement: Any,
 ) -> ray.data.Dataset:
     """A lazy dataset over `shards` (default: all of the source's), one read task per shard, in
-    shard order; each task yields blocks of at most `batch_rows` rows."""
+    shard order; each task reads `batch_rows` rows at a time (Ray may merge them into larger blocks).
+
+    `schema` is the rows' schema when `source` yields other columns than `ROW_SCHEMA` (plus
+    `shard`); `placement` goes to the read tasks (`label_selector`, `fallback_strategy`, ...).
+    """
     shards = list(source.list_shards() if shards is None else shards)
+    schema = schema or DATASET_SCHEMA
     if not shards:
-        return ray.data.from_arrow(DATASET_SCHEMA.empty_table())
+        return ray.data.from_arrow(schema.empty_table())
     # One block count per shard stops Ray from splitting or merging read tasks.
     return ray.data.read_datasource(
-        _ShardDatasource(source, shards, batch_rows), override_num_blocks=len(shards)
+        _ShardDatasource(source, shards, batch_rows, schema),
+        override_num_blocks=len(shards),
+        **placement,
     )
 
 
 class _ShardDatasource(Datasource):
     """Ray's view of a source: a fixed list of read tasks, one per shard."""
 
-    def __init__(self, source: Source, shards: list[Shard], batch_rows: int) -> None:
+    def __init__(self, source: Source, shards: list[Shard], batch_rows: int, schema: pa.Schema) -> None:
         self._source = source
         self._shards = shards
         self._batch_rows = batch_rows
+        self._schema = schema
 
     def get_name(self) -> str:
         return self._source.kind.capitalize()
@@ -68,7 +82,7 @@ class _ShardDatasource(Datasource):
                 ReadTask(
                     _shard_reader(self._source, shard, self._batch_rows),
                     metadata,
-                    schema=DATASET_SCHEMA,
+                    schema=self._schema,
                     **limit,
                 )
             )
@@ -81,6 +95,6 @@ def _shard_reader(source: Source, shard: Shard, batch_rows: int) -> Callable[[],
     def read() -> Iterator[pa.Table]:
         for table in source.read_shard(shard, batch_rows=batch_rows):
             index = pa.array([shard.index] * table.num_rows, pa.int64())
-            yield table.append_column(DATASET_SCHEMA.field("shard"), index)
+            yield table.append_column(pa.field("shard", pa.int64(), nullable=False), index)
 
     return read

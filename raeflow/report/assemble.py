@@ -20,12 +20,12 @@ import pyarrow.parquet as pq
 from raeflow import __version__
 from raeflow.batch.manifest import Manifest
 from raeflow.batch.output import OutputDir
-from raeflow.batch.runner import JobSummary
+from raeflow.batch.summary import JobSummary
 from raeflow.report import figures as draw
 from raeflow.report.config import ReportConfig
 from raeflow.report.html import render_report
 from raeflow.report.metrics import PSNR_CAP_DB
-from raeflow.report.parts import metrics_part, offer_sample, samples_part
+from raeflow.report.parts import PARTS_DIR, offer_sample
 from raeflow.report.samples import SampleKeeper
 from raeflow.report.stats import MetricStats
 from raeflow.report.tsne import MIN_POINTS, embed_2d
@@ -59,9 +59,12 @@ class ReportContext:
 def assemble_report(out: OutputDir, job: JobSummary, context: ReportContext) -> list[str]:
     """Write metrics.parquet, figures/*.png, summary.json and report.html; return the URIs to show."""
     began = time.monotonic()
-    shards = sorted(Manifest(out).finished())
-    stats = _merge_metrics(out, shards, context.metric_names)
-    keeper = _collect_samples(out, shards, context.config)
+    records = Manifest(out).finished()
+    parts = [name for index in sorted(records) for name in records[index].outputs]
+    metrics = [name for name in parts if name.startswith(f"{PARTS_DIR}/metrics-")]
+    samples = [name for name in parts if name.startswith(f"{PARTS_DIR}/samples-")]
+    stats = _merge_metrics(out, metrics, context.metric_names)
+    keeper = _collect_samples(out, samples, context.config)
     figures, notes, tsne_seconds = _draw_figures(keeper, stats, context)
     for name, png in figures.items():
         out.put(f"{FIGURES_DIR}/{name}.png", png)
@@ -79,13 +82,13 @@ def assemble_report(out: OutputDir, job: JobSummary, context: ReportContext) -> 
     return [out.url(METRICS_FILE), out.url(SUMMARY_FILE), out.url(FIGURES_DIR + "/")]
 
 
-def _merge_metrics(out: OutputDir, shards: list[int], names: tuple[str, ...]) -> dict[str, MetricStats]:
-    """Stream every metrics part, in shard order, into one metrics.parquet and running statistics."""
+def _merge_metrics(out: OutputDir, parts: list[str], names: tuple[str, ...]) -> dict[str, MetricStats]:
+    """Stream every metrics part, in input order, into one metrics.parquet and running statistics."""
     stats = {name: MetricStats.for_metric(name) for name in names}
     writer: pq.ParquetWriter | None = None
     with out.open_atomic(METRICS_FILE) as handle:
-        for index in shards:
-            part = pq.read_table(io.BytesIO(out.read(metrics_part(index))))
+        for name in parts:
+            part = pq.read_table(io.BytesIO(out.read(name)))
             if writer is None:
                 writer = pq.ParquetWriter(handle, part.schema)
             writer.write_table(part)
@@ -96,15 +99,15 @@ def _merge_metrics(out: OutputDir, shards: list[int], names: tuple[str, ...]) ->
     return stats
 
 
-def _collect_samples(out: OutputDir, shards: list[int], config: ReportConfig) -> SampleKeeper:
+def _collect_samples(out: OutputDir, parts: list[str], config: ReportConfig) -> SampleKeeper:
     """The global sample: the selection over every shard's sample part, one part at a time."""
     keeper = SampleKeeper(
         gallery_size=config.gallery_size,
         worst_k=config.worst_k,
         map_size=config.tsne_points if config.tsne else 0,
     )
-    for index in shards:
-        for row in pq.read_table(io.BytesIO(out.read(samples_part(index)))).to_pylist():
+    for name in parts:
+        for row in pq.read_table(io.BytesIO(out.read(name))).to_pylist():
             offer_sample(keeper, row)
     return keeper
 

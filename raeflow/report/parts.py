@@ -1,42 +1,41 @@
-"""The report's per-shard files, written on the driver as each input shard finishes.
+"""The report's per-piece files, written by the predictor actors as they score each block.
 
-    _parts/metrics-00003.parquet   one row per scored image of shard 3 (the columns of metrics.parquet)
-    _parts/samples-00003.parquet   the few rows of shard 3 that may appear in the report, with pixels
+    _parts/metrics-00003-000512.parquet   one row per scored image of shard 3 from row 512 (the
+                                          columns of metrics.parquet)
+    _parts/samples-00003-000512.parquet   the few of those rows that may appear in the report, with pixels
 
-The runner writes these before the shard's manifest record, so a rerun that skips finished
-shards still has everything it needs to assemble the report: the final `metrics.parquet` and
-figures are built from the parts at the end of every run (`raeflow.report.assemble`). A shard's
-sample part holds at most gallery + worst-k + map rows: the selection of `SampleKeeper` over
-that shard's rows, which contains every image of the global selection that came from that shard.
+The shard's manifest record lists its parts, so a rerun that skips finished shards still has
+everything it needs to assemble the report: the final `metrics.parquet` and figures are built
+from the parts at the end of every run (`raeflow.report.assemble`). A sample part holds at most
+gallery + worst-k + map rows: the selection of `SampleKeeper` over that piece's rows, which
+contains every image of the global selection that came from that piece.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from raeflow import __version__
 from raeflow.batch.output import OutputDir
-from raeflow.batch.runner import JobSummary, ShardWriter
-from raeflow.data.sources.base import Shard
+from raeflow.batch.summary import JobSummary
+from raeflow.batch.worker import PartWriter, parquet_bytes, piece_stem
 from raeflow.report.predictor import NOISY_COLUMNS
 from raeflow.report.samples import SampleKeeper, gallery_rank, worst_rank
 
 PARTS_DIR = "_parts"
 
 
-def metrics_part(index: int) -> str:
-    """Relative path of shard `index`'s metrics part."""
-    return f"{PARTS_DIR}/metrics-{index:05d}.parquet"
+def metrics_part(shard: int, first_row: int) -> str:
+    """Relative path of a piece's metrics part."""
+    return f"{PARTS_DIR}/metrics-{piece_stem(shard, first_row)}.parquet"
 
 
-def samples_part(index: int) -> str:
-    """Relative path of shard `index`'s sample part."""
-    return f"{PARTS_DIR}/samples-{index:05d}.parquet"
+def samples_part(shard: int, first_row: int) -> str:
+    """Relative path of a piece's sample part."""
+    return f"{PARTS_DIR}/samples-{piece_stem(shard, first_row)}.parquet"
 
 
 def metrics_schema(*, with_labels: bool, with_noise: bool, fingerprint: str) -> pa.Schema:
@@ -85,15 +84,8 @@ def selected_rows(keeper: SampleKeeper) -> list[dict]:
     return list(seen.values())
 
 
-def parquet_bytes(table: pa.Table) -> bytes:
-    """A table as the bytes of one Parquet file."""
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
-
-
-class ReportWriter(ShardWriter):
-    """Writes each shard's metrics and sample parts; `finish(out, summary)` assembles the report."""
+class ReportWriter(PartWriter):
+    """Writes each piece's metrics and sample parts (in the actors); `finish` assembles the report."""
 
     def __init__(
         self,
@@ -104,32 +96,26 @@ class ReportWriter(ShardWriter):
         self.schema = schema
         self.keeper_sizes = keeper_sizes
         self.finish = finish
-        self.shard: Shard | None = None
-        self.tables: list[pa.Table] = []
-        self.keeper = SampleKeeper(**keeper_sizes)
 
-    def begin_shard(self, shard: Shard) -> None:
-        self.shard, self.tables = shard, []
-        self.keeper = SampleKeeper(**self.keeper_sizes)
+    def part_prefixes(self) -> list[tuple[str, str]]:
+        return [(PARTS_DIR, "metrics-"), (PARTS_DIR, "samples-")]
 
-    def add_rows(self, rows: pa.Table) -> None:
-        self.tables.append(rows.select(self.schema.names).cast(self.schema))
+    def write_part(
+        self, out: OutputDir, shard: int, first_row: int, rows: pa.Table
+    ) -> tuple[list[str], int, pa.Table | None]:
+        metrics = rows.select(self.schema.names).cast(self.schema)
+        keeper = SampleKeeper(**self.keeper_sizes)
         carrying = pc.or_(rows.column("clean_png").is_valid(), rows.column("embedding").is_valid())
         if "noisy_psnr" not in rows.column_names:
             rows = rows.append_column("noisy_psnr", pa.nulls(rows.num_rows, pa.float64()))
         for row in rows.filter(carrying).select(SAMPLES_SCHEMA.names).to_pylist():
-            offer_sample(self.keeper, row)
-        return None
+            offer_sample(keeper, row)
+        samples = pa.Table.from_pylist(selected_rows(keeper), schema=SAMPLES_SCHEMA)
+        names = [metrics_part(shard, first_row), samples_part(shard, first_row)]
+        datas = [parquet_bytes(metrics.replace_schema_metadata(self.schema.metadata)), parquet_bytes(samples)]
+        for name, data in zip(names, datas, strict=True):
+            out.put(name, data)
+        return names, sum(len(d) for d in datas), None
 
-    def end_shard(self) -> tuple[str, ...]:
-        assert self.shard is not None
-        metrics = pa.concat_tables(self.tables) if self.tables else self.schema.empty_table()
-        samples = pa.Table.from_pylist(selected_rows(self.keeper), schema=SAMPLES_SCHEMA)
-        names = (metrics_part(self.shard.index), samples_part(self.shard.index))
-        self.out.put(names[0], parquet_bytes(metrics.replace_schema_metadata(self.schema.metadata)))
-        self.out.put(names[1], parquet_bytes(samples))
-        self.tables = []
-        return names
-
-    def end_job(self, summary: JobSummary) -> list[str]:
-        return self.finish(self.out, summary)
+    def end_job(self, out: OutputDir, summary: object) -> list[str]:
+        return self.finish(out, summary)  # type: ignore[arg-type]

@@ -21,12 +21,11 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from raeflow.batch.decoding import PASS_THROUGH, pixels_of
-from raeflow.batch.predictors import SIZE_MULTIPLE, pick_device, to_tensor, to_uint8
+from raeflow.batch.decoding import pixels_of
+from raeflow.batch.predictors import SIZE_MULTIPLE, Predictor, to_tensor, to_uint8
 from raeflow.batch.tiling import padded_apply
 from raeflow.data import images
 from raeflow.data.noise import parse_noise
-from raeflow.models import load_bundle
 from raeflow.report.metrics import image_metrics
 from raeflow.report.samples import SampleKeeper, gallery_rank, key_hash, worst_rank
 
@@ -38,8 +37,8 @@ NOISY_COLUMNS = ("noisy_psnr", "noisy_ssim")
 THUMBNAIL_COLUMNS = ("clean_png", "noisy_png", "output_png")
 
 
-class ReportPredictor:
-    """Loads the bundle once; scores one batch of decoded rows per call."""
+class ReportPredictor(Predictor):
+    """Loads the bundle once (the batch predictor base); scores one batch of decoded rows per call."""
 
     def __init__(
         self,
@@ -51,11 +50,7 @@ class ReportPredictor:
         map_size: int = 0,
         device: str | None = None,
     ) -> None:
-        self.device = pick_device(device)
-        self.bundle = load_bundle(bundle)
-        self.model = self.bundle.model.to(self.device).eval()
-        contract = self.model.input_contract
-        self.any_size = contract["height"] == "any" or contract["width"] == "any"
+        super().__init__(bundle, device=device)
         self.noise = parse_noise(noise)
         self.noisy = self.noise.spec != "none"
         self.keeper = SampleKeeper(gallery_size=gallery_size, worst_k=worst_k, map_size=map_size)
@@ -74,13 +69,8 @@ class ReportPredictor:
         embeddings: list[list[float] | None] = [None] * n
 
         # Images of one shape run as one batch (fixed-size models: the whole batch).
-        groups: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
-        for i, array in enumerate(arrays):
-            if array is not None:
-                groups.setdefault(array.shape, []).append((i, array))
-        for members in groups.values():
-            rows = [i for i, _ in members]
-            clean = to_tensor([array for _, array in members]).to(self.device)  # (B, C, H, W)
+        for rows, group in self.same_shape_groups(arrays):
+            clean = to_tensor(group).to(self.device)  # (B, C, H, W)
             noisy = self._corrupt(clean, [keys[i] for i in rows])
             row_labels = [labels[i] for i in rows]
             y = None if None in row_labels else torch.tensor(row_labels, device=self.device)
@@ -103,10 +93,7 @@ class ReportPredictor:
         for name in THUMBNAIL_COLUMNS:
             payload[name] = pa.array(thumbnails[name], pa.binary())
         payload["embedding"] = pa.array(embeddings, pa.list_(pa.float32()))
-        columns = {name: batch.column(name) for name in PASS_THROUGH}
-        columns["reason"] = pa.array(reasons, pa.string())
-        columns.update(payload)
-        return pa.table(columns)
+        return self.result(batch, reasons, payload)
 
     def _corrupt(self, clean: torch.Tensor, keys: list[str]) -> torch.Tensor:
         """The model's input: `clean`, or a noisy copy seeded per image by its key."""

@@ -116,7 +116,11 @@ def test_parquet_keeps_keys_and_columns(ray_session, tmp_path, unet_bundle, mnis
     rejected = pq.read_table(tmp_path / "out" / "_rejected").to_pylist()
     assert sorted(r["key"] for r in rejected) == ["../evil", "/abs/path"]
     assert all(r["reason"].startswith("unsafe_key") for r in rejected)
-    assert pq.read_table(tmp_path / "out" / "shard-002.parquet").column("key").to_pylist() == ["fine"]
+    # Every input row stays; the refused ones carry their input image unchanged.
+    kept = pq.read_table(tmp_path / "out" / "shard-002.parquet")
+    assert kept.column("key").to_pylist() == ["../evil", "/abs/path", "fine"]
+    assert kept.column("image").to_pylist()[:2] == escaping.column("image").to_pylist()[:2]
+    assert kept.column("image").to_pylist()[2] != escaping.column("image").to_pylist()[2]
     original = pq.read_table(tmp_path / "in" / "shard-001.parquet")
     denoised = pq.read_table(tmp_path / "out" / "shard-001.parquet")
     assert denoised.column_names == original.column_names

@@ -47,10 +47,11 @@ def test_embedding_table_reads_in_duckdb_and_pandas_without_raeflow(
         EmbedConfig(data=str(tmp_path / "in"), model=conv_bundle, out=str(out), run=RunOptions(quiet=True))
     )
     assert (summary.images_in, summary.images_out, summary.images_rejected) == (60, 60, 0)
+    # Small shards give one part each, named after the shard and its first row.
     assert sorted(p.name for p in out.glob("part-*")) == [
-        "part-00000.parquet",
-        "part-00001.parquet",
-        "part-00002.parquet",
+        "part-00000-000000.parquet",
+        "part-00001-000000.parquet",
+        "part-00002-000000.parquet",
     ]
     assert (out / "_SUCCESS").exists() and len(list((out / "_manifest").glob("shard-*.json"))) == 3
 
@@ -64,7 +65,7 @@ def test_embedding_table_reads_in_duckdb_and_pandas_without_raeflow(
     assert seen["keys"] == keys and seen["labels"] == [int(v) for v in labels[:60]]
     assert seen["pandas_dim"] == 196 and seen["pandas_dtype"] == "float32"
 
-    part = pq.ParquetFile(out / "part-00001.parquet")
+    part = pq.ParquetFile(out / "part-00001-000000.parquet")
     assert str(part.schema_arrow.field("embedding").type) == "fixed_size_list<element: float>[196]"
     metadata = part.schema_arrow.metadata
     assert (
@@ -72,7 +73,7 @@ def test_embedding_table_reads_in_duckdb_and_pandas_without_raeflow(
         == json.loads((out / "_manifest" / "job.json").read_text())["model"]
     )
     assert metadata[b"raeflow.version"] == b"0.1.0"
-    assert part.read().column("key").to_pylist() == keys[20:40]  # part NNNNN holds shard NNNNN
+    assert part.read().column("key").to_pylist() == keys[20:40]  # part 00001-... holds shard 1
 
 
 def test_rerun_skips_finished_shards_and_refuses_another_model(
@@ -101,7 +102,7 @@ def test_vae_embeds_its_latent_size(ray_session, tmp_path, vae_bundle, mnist_dig
             data=str(tmp_path / "in"), model=vae_bundle, out=str(tmp_path / "emb"), run=RunOptions(quiet=True)
         )
     )
-    table = pq.read_table(tmp_path / "emb" / "part-00000.parquet")
+    table = pq.read_table(tmp_path / "emb" / "part-00000-000000.parquet")
     assert table.num_rows == 8 and table.schema.field("embedding").type.list_size == 6
 
 
@@ -147,7 +148,8 @@ def test_bad_images_are_listed_and_max_rejected_fails(
     rejected = pq.read_table(tmp_path / "lenient" / "_rejected").to_pylist()
     reasons = {row["key"]: row["reason"].split(":")[0] for row in rejected}
     assert reasons == {"junk": "not_an_image", "empty": "empty", "0/cut": "truncated"}
-    embedded = pq.read_table(tmp_path / "lenient" / "part-00000.parquet").column("key").to_pylist()
+    parts = sorted((tmp_path / "lenient").glob("part-*.parquet"))
+    embedded = [k for part in parts for k in pq.read_table(part).column("key").to_pylist()]
     assert sorted(embedded) == sorted(good)
 
 
@@ -164,6 +166,6 @@ def test_s3_in_and_out(ray_session, s3_bucket, conv_bundle, mnist_digits):
     assert summary.images_out == 20
     fs = fsspec.filesystem("s3")
     names = sorted(p.rsplit("/", 1)[1] for p in fs.ls(f"{s3_bucket}/emb"))
-    assert names == ["_SUCCESS", "_manifest", "part-00000.parquet", "part-00001.parquet"]
-    with fs.open(f"{s3_bucket}/emb/part-00001.parquet", "rb") as handle:
+    assert names == ["_SUCCESS", "_manifest", "part-00000-000000.parquet", "part-00001-000000.parquet"]
+    with fs.open(f"{s3_bucket}/emb/part-00001-000000.parquet", "rb") as handle:
         assert pq.read_table(handle).column("key").to_pylist() == keys[10:]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pyarrow as pa
+import numpy as np
 import pytest
 
 from raeflow.batch.manifest import Manifest, ShardRecord
@@ -53,13 +53,44 @@ def test_manifest_refuses_a_folder_of_other_files(tmp_path) -> None:
         Manifest(OutputDir(str(tmp_path / "photos"))).claim("embed", "abc", {}, 1)
 
 
-def test_records_and_rejected_round_trip(tmp_path) -> None:
+def test_records_and_key_hashes_round_trip(tmp_path) -> None:
     out = OutputDir(str(tmp_path / "out"))
     manifest = Manifest(out)
-    rejected = pa.table({"key": ["k"], "source": ["s"], "reason": ["empty: no bytes"]})
-    manifest.write_rejected(4, rejected)
-    manifest.write_record(ShardRecord(shard=4, name="f", rows_in=3, rows_out=2, rows_rejected=1, seconds=0.5))
-    assert manifest.finished()[4].rows_rejected == 1
-    assert (tmp_path / "out" / "_rejected" / "part-00004.parquet").exists()
-    manifest.write_rejected(4, rejected.slice(0, 0))  # a redo with no rejects removes the old list
-    assert not (tmp_path / "out" / "_rejected" / "part-00004.parquet").exists()
+    record = ShardRecord(
+        shard=4,
+        name="f",
+        rows_in=3,
+        rows_out=2,
+        rows_rejected=1,
+        seconds=0.5,
+        outputs=("part-00004-000000.parquet",),
+        bytes=10,
+        nodes=("n1", "n2"),
+    )
+    manifest.write_record(record, np.array([1, 2, 3], dtype=np.uint64))
+    assert manifest.finished() == {4: record}
+    assert manifest.key_hashes(4).tolist() == [1, 2, 3]
+    assert manifest.key_hashes(5).tolist() == []
+
+
+def test_partial_outputs_of_unfinished_shards_are_removed(tmp_path) -> None:
+    out = OutputDir(str(tmp_path / "out"))
+    for name in (
+        "part-00001-000000.parquet",
+        "part-00002-000000.parquet",
+        "part-00002-000512.parquet",
+        "_rejected/part-00002-000000.parquet",
+        "_rejected/part-00001-000000.parquet",
+        "notes.txt",
+    ):
+        out.put(name, b"x")
+    removed = Manifest(out).remove_partial([("", "part-"), ("_rejected", "part-")], {2})
+    assert removed == 3
+    left = sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert left == ["_rejected/part-00001-000000.parquet", "notes.txt", "part-00001-000000.parquet"]
+
+
+def test_out_that_is_a_file_is_refused(tmp_path) -> None:
+    (tmp_path / "emb.parquet").write_bytes(b"PAR1")
+    with pytest.raises(JobError, match="is a file"):
+        Manifest(OutputDir(str(tmp_path / "emb.parquet"))).claim("embed", "abc", {}, 1)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from raeflow.batch.decoding import DecodeSpec, decode_rows, pixels_of
-from raeflow.batch.predictors import DenoisePredictor, EncodePredictor, ReconstructPredictor
+from raeflow.batch.predictors import DenoisePredictor, EncodePredictor
 from raeflow.batch.tiling import tiled_apply
 from raeflow.data import images
 from raeflow.models import load_bundle
@@ -157,18 +157,6 @@ def test_tiled_denoise_matches_one_pass(trained_unet_bundle, photo) -> None:
     # Blended overlaps stay within a grey level or so of one pass; tiles that just touch do not.
     assert blended.mean() < 0.8 and np.percentile(blended, 99) < 10, (blended.mean(), blended.max())
     assert blended.mean() < 0.6 * seams.mean()
-
-
-def test_reconstruct_predictor_gives_pixels_of_the_input_shape(conv_bundle, mnist_digits) -> None:
-    digits, _ = mnist_digits
-    decoded = decode_rows(
-        source_rows([images.encode_image(d[:, :, None], "png") for d in digits[:3]] + [b""]),
-        DecodeSpec(channels=1, height=28, width=28),
-    )
-    out = ReconstructPredictor(conv_bundle)(decoded)
-    recon = out.column("recon").to_pylist()
-    assert [len(r) for r in recon] == [784, 784, 784, 0]
-    assert out.column("reason").to_pylist()[3].startswith("empty")
 
 
 @pytest.mark.parametrize("size", [(2000, 1500)])

@@ -98,3 +98,22 @@ def test_every_node_installs_raeflow_with_the_pinned_constraints(config: dict[st
         assert not [path for path in shipped if rsync_excludes(pattern, path)], pattern
     for left_behind in (".venv/bin/python", ".git/HEAD", "raeflow/__pycache__/cli.cpython-311.pyc"):
         assert any(rsync_excludes(pattern, left_behind) for pattern in config["rsync_exclude"]), left_behind
+
+
+def test_decoding_has_cpu_only_spot_workers_that_the_read_tasks_prefer(config: dict[str, Any]) -> None:
+    from raeflow.batch.runner import DECODE_LABEL
+
+    prepared = ray_up_checks(config)
+    types = prepared["available_node_types"]
+    key, value = DECODE_LABEL
+    decoders = [spec for spec in types.values() if spec.get("labels", {}).get(key) == value]
+    assert decoders, "no worker type carries the label the read tasks prefer"
+    for spec in decoders:
+        assert not spec["node_config"]["InstanceType"].startswith(("g", "p"))  # CPU only
+        assert spec["node_config"]["InstanceMarketOptions"] == {"MarketType": "spot"}
+        assert spec["max_workers"] >= 1
+    gpu_types = [spec for spec in types.values() if spec["node_config"]["InstanceType"].startswith("g5.x")]
+    assert gpu_types and all(spec.get("labels", {}).get(key) != value for spec in gpu_types)
+    assert sum(spec["max_workers"] for name, spec in types.items() if name != prepared["head_node_type"]) <= (
+        prepared["max_workers"]
+    )

@@ -51,8 +51,12 @@ def test_writes_the_report_folder(digits_report) -> None:
     written = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     expected = {"metrics.parquet", "summary.json", "report.html", "_SUCCESS", "_manifest/job.json"}
     expected |= {f"figures/{name}.png" for name in ("gallery", "histograms", "worst", "tsne")}
-    expected |= {f"_manifest/shard-0000{i}.json" for i in (0, 1)}
-    expected |= {f"_parts/{kind}-0000{i}.parquet" for kind in ("metrics", "samples") for i in (0, 1)}
+    expected |= {
+        f"_manifest/{kind}-0000{i}.{ext}"
+        for kind, ext in (("shard", "json"), ("keys", "bin"))
+        for i in (0, 1)
+    }
+    expected |= {f"_parts/{kind}-0000{i}-000000.parquet" for kind in ("metrics", "samples") for i in (0, 1)}
     assert written == expected
 
 
@@ -155,7 +159,7 @@ def test_cli_on_a_folder_counts_rejects_and_maps_without_labels(digits_bundle: s
     table = pq.read_table(out / "metrics.parquet")
     assert table.column_names == ["key", "mse", "psnr", "ssim"]  # no labels, no noise
     assert table.num_rows == 20 and "even/digit00" in table.column("key").to_pylist()
-    rejected = pq.read_table(out / "_rejected" / "part-00000.parquet").to_pylist()
+    rejected = pq.read_table(out / "_rejected").to_pylist()
     assert [r["key"] for r in rejected] == ["odd/broken"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["rows_rejected"] == 1 and summary["counts"]["rows_out"] == 20

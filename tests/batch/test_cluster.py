@@ -1,0 +1,215 @@
+"""Batch jobs on a two-node Ray cluster: both nodes write, the driver only keeps the books, and a
+lost node or a killed predictor actor never costs or doubles a key.
+
+The cluster (`tests/batch/two_node_cluster.py`) runs in its own process and each job runs as
+`raeflow ... --address` in another, so the test session's shared Ray is left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import psutil
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from tests.batch.inputs import write_digit_parquet
+
+CLUSTER_SCRIPT = Path(__file__).with_name("two_node_cluster.py")
+pytestmark = pytest.mark.slow
+
+
+class TwoNodes:
+    """The cluster process: its address, and a way to take its worker node away and back."""
+
+    def __init__(self) -> None:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env.pop("RAY_ADDRESS", None)
+        self.process = subprocess.Popen(
+            [sys.executable, str(CLUSTER_SCRIPT)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.address = self.process.stdout.readline().strip()  # type: ignore[union-attr]
+        assert self.address, "the two-node cluster did not start"
+
+    def tell(self, command: str) -> None:
+        self.process.stdin.write(command + "\n")  # type: ignore[union-attr]
+        self.process.stdin.flush()  # type: ignore[union-attr]
+        assert self.process.stdout.readline().strip() == {"remove": "removed", "add": "added"}[command]  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.process.stdin.close()  # type: ignore[union-attr]
+        self.process.wait(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def two_nodes(s3_server: str) -> Iterator[TwoNodes]:
+    cluster = TwoNodes()  # started after the S3 endpoint, whose address its workers inherit
+    yield cluster
+    cluster.close()
+
+
+def _cli(cluster: TwoNodes, *args: str) -> list[str]:
+    return [sys.executable, "-m", "raeflow.cli", *args, "--address", cluster.address, "--quiet"]
+
+
+def _listing(out: str) -> list[str]:
+    fs, root = fsspec.core.url_to_fs(out)
+    return sorted(path[len(root.rstrip("/")) + 1 :] for path in fs.find(root))
+
+
+def _records(out: str) -> list[dict]:
+    fs, root = fsspec.core.url_to_fs(out)
+    names = [p for p in fs.find(f"{root}/_manifest") if p.rsplit("/", 1)[1].startswith("shard-")]
+    return [json.loads(fs.cat_file(p)) for p in sorted(names)]
+
+
+def _embedded_keys(out: str) -> list[str]:
+    fs, root = fsspec.core.url_to_fs(out)
+    keys: list[str] = []
+    for name in sorted(p for p in _listing(out) if p.startswith("part-")):
+        with fs.open(f"{root}/{name}", "rb") as handle:
+            keys += pq.read_table(handle).column("key").to_pylist()
+    return keys
+
+
+def _wait_for_records(out: str, job: subprocess.Popen, count: int = 1) -> None:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and job.poll() is None:
+        try:
+            if len(_records(out)) >= count:
+                return
+        except FileNotFoundError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"no shard was committed in time (exit code {job.poll()})")
+
+
+def _assert_exactly_once(out: str, keys: list[str]) -> None:
+    listing = _listing(out)
+    assert "_SUCCESS" in listing
+    assert not [name for name in listing if ".raeflow-tmp-" in name or name.startswith("_pieces")]
+    assert _embedded_keys(out) == keys  # every key once, in input order (part names sort by shard, row)
+
+
+@pytest.fixture(params=["local", "s3"])
+def out_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "local":
+        return str(tmp_path / "out")
+    bucket = "t-" + request.node.name.lower().replace("[", "-").replace("]", "").replace("_", "-")[:50]
+    fsspec.filesystem("s3").mkdir(bucket)
+    return f"s3://{bucket}/out"
+
+
+def test_embed_and_denoise_write_from_both_nodes_and_the_driver_gets_only_records(
+    two_nodes: TwoNodes, tmp_path: Path, conv_bundle: str, unet_rgb_bundle: str, mnist_digits, colour_photo
+) -> None:
+    digits, labels = mnist_digits
+    keys = write_digit_parquet(str(tmp_path / "digits"), digits, labels, files=8, rows=40)
+    emb = str(tmp_path / "emb")
+    done = subprocess.run(
+        _cli(two_nodes, "embed", "--data", str(tmp_path / "digits"), "--model", conv_bundle, "--out", emb),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len({node for record in _records(emb) for node in record["nodes"]}) == 2
+    assert _embedded_keys(emb) == keys
+
+    # Denoise ~24 MB of BMP photos: every byte is written on the nodes; the driver's share is records.
+    src = tmp_path / "photos"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        top, left = rng.integers(0, 512 - 320, 2)
+        crop = np.ascontiguousarray(colour_photo[top : top + 320, left : left + 320])
+        Image.fromarray(np.tile(crop, (2, 2, 1))).save(src / f"p{i:02d}.bmp")  # 640x640x3: 1.2 MB
+    out = tmp_path / "clean"
+    job = subprocess.Popen(
+        _cli(two_nodes, "denoise", "--data", str(src), "--model", unet_rgb_bundle, "--out", str(out)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    peak = _peak_memory_growth(job, out)
+    stdout, stderr = job.communicate(timeout=600)
+    assert job.returncode == 0, stderr[-3000:]
+    written = sum(p.stat().st_size for p in out.glob("*.bmp"))
+    success = json.loads((out / "_SUCCESS").read_text())
+    assert written > 20_000_000 and success["images_out"] == 24
+    assert success["received_bytes"] < 100_000, success["received_bytes"]  # records, never images
+    assert peak < 50 * 1024 * 1024, peak
+    assert len({node for record in _records(str(out)) for node in record["nodes"]}) == 2
+
+
+def _peak_memory_growth(job: subprocess.Popen, out: Path) -> int:
+    """The driver's private memory growth from its first commit to its end (sampled every 0.1 s)."""
+    process = psutil.Process(job.pid)
+    samples: list[int] = []
+    while job.poll() is None:
+        try:
+            private = process.memory_full_info().uss
+        except psutil.Error:
+            break
+        if list((out / "_manifest").glob("shard-*.json")) if (out / "_manifest").exists() else False:
+            samples.append(private)
+        time.sleep(0.1)
+    return max(samples) - samples[0] if samples else 0
+
+
+def test_a_killed_predictor_actor_is_replaced(
+    two_nodes: TwoNodes, out_root: str, tmp_path: Path, conv_bundle, mnist_digits
+) -> None:
+    digits, labels = mnist_digits
+    keys = write_digit_parquet(str(tmp_path / "in"), digits, labels, files=10, rows=30)
+    job = subprocess.Popen(
+        _cli(two_nodes, "embed", "--data", str(tmp_path / "in"), "--model", conv_bundle, "--out", out_root),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_records(out_root, job)
+    actors = [
+        p for p in psutil.process_iter(["cmdline"]) if "PredictAndWrite" in " ".join(p.info["cmdline"] or [])
+    ]
+    assert actors, "no predictor actor process found"
+    os.kill(actors[0].pid, signal.SIGKILL)
+    _, stderr = job.communicate(timeout=600)
+    assert job.returncode == 0, stderr[-3000:]
+    _assert_exactly_once(out_root, keys)
+
+
+def test_a_worker_node_lost_mid_job(
+    two_nodes: TwoNodes, out_root: str, tmp_path: Path, conv_bundle, mnist_digits
+) -> None:
+    digits, labels = mnist_digits
+    keys = write_digit_parquet(str(tmp_path / "in"), digits, labels, files=10, rows=30)
+    command = _cli(
+        two_nodes, "embed", "--data", str(tmp_path / "in"), "--model", conv_bundle, "--out", out_root
+    )
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_records(out_root, job)
+        two_nodes.tell("remove")  # a spot preemption: the node and everything on it vanish
+        _, stderr = job.communicate(timeout=600)
+        if job.returncode != 0:  # Ray may give up on the job; a rerun must complete it exactly once
+            rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            assert rerun.returncode == 0, rerun.stderr[-3000:]
+    finally:
+        job.kill()
+        two_nodes.tell("add")
+    _assert_exactly_once(out_root, keys)

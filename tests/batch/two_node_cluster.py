@@ -1,0 +1,41 @@
+"""A two-node Ray cluster on this machine for the batch-job tests (run as a script).
+
+Prints the cluster's address on the first line, then obeys stdin: `remove` takes the worker node
+away at once (a spot preemption) and prints `removed`, `add` adds a new worker node and prints
+`added`; end of input shuts the cluster down.
+Each node has 2 CPUs, each its own custom resource (`node_a`, `node_b`).
+
+    python tests/batch/two_node_cluster.py
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ray.cluster_utils import Cluster
+
+
+def main() -> None:
+    cluster = Cluster(
+        initialize_head=True,
+        connect=False,
+        head_node_args={"num_cpus": 2, "resources": {"node_a": 1}, "include_dashboard": False},
+    )
+    worker = cluster.add_node(num_cpus=2, resources={"node_b": 1})
+    cluster.wait_for_nodes()
+    print(cluster.address, flush=True)
+    try:
+        for line in sys.stdin:
+            if line.strip() == "remove":
+                cluster.remove_node(worker, allow_graceful=False)
+                print("removed", flush=True)
+            elif line.strip() == "add":
+                worker = cluster.add_node(num_cpus=2, resources={"node_b": 1})
+                cluster.wait_for_nodes()
+                print("added", flush=True)
+    finally:
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    main()
