@@ -165,7 +165,7 @@ class BatchSource(Source):
 def _numbered(table: pa.Table, first: int, total: int | None) -> pa.Table:
     """`table` with `row` (positions from `first`) and `shard_rows` (`total` on the last row) columns."""
     n = table.num_rows
-    totals = [None] * n
+    totals: list[int | None] = [None] * n
     if total is not None and n:
         totals[-1] = total
     table = table.append_column("row", pa.array(np.arange(first, first + n, dtype=np.int64)))

@@ -12,13 +12,15 @@ notebooks call them directly:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
 from raeflow.batch.decoding import PASS_THROUGH, pixels_of
-from raeflow.batch.tiling import padded_apply, tiled_apply
+from raeflow.batch.tiling import padded_apply, tiled_apply_uint8
 from raeflow.data import images
 from raeflow.models import Autoencoder, load_bundle
 
@@ -175,27 +177,43 @@ class DenoisePredictor(Predictor):
         return self.result(batch, reasons, payload)
 
     def denoise(self, array: np.ndarray) -> np.ndarray:
-        """One image `uint8` `(H, W, C)` -> denoised, same shape; raises `ImageRejected` for a size misfit."""
-        height, width, channels = array.shape
+        """One image `uint8` `(H, W, C)` -> denoised, same shape; raises `ImageRejected` for a size misfit.
+
+        Large images (above `max_pixels_per_pass`, or any with `tile`) go through the model tile by
+        tile, blended straight into the `uint8` result, so an actor's memory stays bounded by the
+        tile size, not the photo's (`raeflow.batch.tiling.tiled_apply_uint8`).
+        """
+        height, width, _ = array.shape
+        if self.any_size and (self.tile is not None or height * width > self.max_pixels_per_pass):
+            side = self.tile or _default_tile(self.max_pixels_per_pass)
+
+            def run_tiles(x: torch.Tensor) -> torch.Tensor:  # (n, C, t, t) on the CPU
+                return self._with_channels(x.to(self.device), self._padded_recon)
+
+            return tiled_apply_uint8(
+                run_tiles, array, tile=side, overlap=self.tile_overlap, multiple=SIZE_MULTIPLE
+            )
         x = to_tensor([array]).to(self.device)  # (1, C, H, W)
+        return to_uint8(self._with_channels(x, self._run)[0])
+
+    def _with_channels(self, x: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """`run` (the model at its channels) on `x` `(B, C, H, W)` of any channel count -> `(B, C, H, W)`."""
+        batch, channels, height, width = x.shape
         if channels == self.channels:
-            y = self._run(x)
-        elif channels == 1:  # grey image, RGB model: copy to RGB, average back
-            y = self._run(x.expand(-1, 3, -1, -1)).mean(dim=1, keepdim=True)
-        else:  # RGB image, grey model: each channel is a grey image
-            y = self._run(x.permute(1, 0, 2, 3)).permute(1, 0, 2, 3)  # (C, 1, H, W) -> (1, C, H, W)
-        return to_uint8(y[0])
+            return run(x)
+        if channels == 1:  # grey image, RGB model: copy to RGB, average back
+            return run(x.expand(-1, 3, -1, -1)).mean(dim=1, keepdim=True)
+        # RGB image, grey model: each channel is a grey image
+        return run(x.reshape(batch * channels, 1, height, width)).reshape(batch, channels, height, width)
+
+    def _padded_recon(self, x: torch.Tensor) -> torch.Tensor:
+        return padded_apply(self._recon, x, SIZE_MULTIPLE)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        """The model on `(B, C_model, H, W)` at any size -> `(B, C_model, H, W)`."""
+        """The model on `(B, C_model, H, W)` in one pass -> `(B, C_model, H, W)`."""
         height, width = x.shape[-2:]
         if self.any_size:
-            too_big = height * width > self.max_pixels_per_pass
-            if self.tile is None and not too_big:
-                return padded_apply(self._recon, x, SIZE_MULTIPLE)
-            side = self.tile or _default_tile(self.max_pixels_per_pass)
-            tiles = {"tile": side, "overlap": self.tile_overlap, "multiple": SIZE_MULTIPLE}
-            return torch.cat([tiled_apply(self._recon, one[None], **tiles) for one in x])
+            return self._padded_recon(x)
         if (height, width) == (self.height, self.width):
             return self._recon(x)
         if not self.resize:

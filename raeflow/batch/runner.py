@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from raeflow.batch.config import RunOptions
 from raeflow.batch.decoding import DECODED_SCHEMA, BatchSource, DecodeSpec
 from raeflow.batch.ledger import KeyIndex, OpenShard
@@ -147,9 +149,12 @@ def _connect(run: RunOptions) -> None:
 
 
 def _stream(
-    job: BatchJob, pending: list[Shard], manifest: Manifest, progress: Progress
+    job: BatchJob, pending: list[Shard], manifest: Manifest, progress: Progress, received: list[int]
 ) -> Iterator[ShardRecord]:
-    """Run the pipeline over `pending` shards; yield each shard's record once it is committed."""
+    """Run the pipeline over `pending` shards; yield each shard's record once it is committed.
+
+    Adds the bytes of the commit records the driver receives to `received[0]`.
+    """
     from raeflow.data.dataset import read_dataset
 
     decode_args = {"label_selector": dict([DECODE_LABEL]), "fallback_strategy": [{"label_selector": {}}]}
@@ -179,6 +184,7 @@ def _stream(
     books = _Books(job, manifest, decode_args)
     books.add_shards(pending)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+        assert isinstance(batch, pa.Table)
         received[0] += batch.nbytes
         for record in batch.to_pylist():
             shard = books.open[record["shard"]]
@@ -224,7 +230,7 @@ class _Books:
         self.finishing: dict[Any, OpenShard] = {}
         self.num_committed = 0
         self.crash_after = int(os.environ.get(CRASH_HOOK, "-1"))
-        self._finish = None
+        self._finish: Any = None
 
     def add_shards(self, shards: list[Shard]) -> None:
         self.open.update({shard.index: OpenShard(shard) for shard in shards})

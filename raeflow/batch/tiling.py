@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -47,26 +48,51 @@ def blend_window(tile_h: int, tile_w: int, overlap: int) -> torch.Tensor:
     return ramp(tile_h)[:, None] * ramp(tile_w)[None, :]
 
 
-def tiled_apply(
-    fn: ImageFn, x: torch.Tensor, *, tile: int, overlap: int, multiple: int = 1, tiles_per_pass: int = 4
-) -> torch.Tensor:
-    """`fn` over one image `(1, C, H, W)` in overlapping `tile` x `tile` pieces, blended; `(1, C, H, W)`."""
-    _, channels, full_h, full_w = x.shape
-    # Pad the whole image as a one-pass run would, so tiles on the bottom/right border see the same pixels.
-    x = F.pad(x, (0, -full_w % multiple, 0, -full_h % multiple), mode="replicate")  # (1, C, H', W')
-    _, _, height, width = x.shape
+def tiled_apply_uint8(
+    fn: ImageFn, image: np.ndarray, *, tile: int, overlap: int, multiple: int = 1, tiles_per_pass: int = 4
+) -> np.ndarray:
+    """`fn` over one `uint8` image `(H, W, C)` in blended tiles, straight to a `uint8` result `(H, W, C)`.
+
+    Pixels become floats one
+    batch of tiles at a time, and the blend accumulators cover one row of tiles, whose finished rows
+    go to the output as soon as no later tile touches them. Beyond the input and output images it
+    holds about `C x tile x W` floats (a 24-megapixel RGB photo at tile 1024: ~75 MB, not ~1.5 GB).
+    """
+    full_h, full_w, channels = image.shape
+    padded = image
+    if full_h % multiple or full_w % multiple:  # pad as a one-pass run would (edge pixels repeated)
+        padded = np.pad(image, ((0, -full_h % multiple), (0, -full_w % multiple), (0, 0)), mode="edge")
+    height, width = padded.shape[:2]
     tile = max(multiple, tile - tile % multiple)
     tile_h, tile_w = min(tile, height), min(tile, width)
     tops, lefts = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
-    boxes = [(top, left) for top in tops for left in lefts]
-    window = blend_window(tile_h, tile_w, overlap).to(x.device)  # (th, tw)
-    total = torch.zeros((channels, height, width), dtype=torch.float32, device=x.device)
-    weight = torch.zeros((height, width), dtype=torch.float32, device=x.device)
-    for first in range(0, len(boxes), tiles_per_pass):
-        group = boxes[first : first + tiles_per_pass]
-        pieces = torch.cat([x[..., t : t + tile_h, s : s + tile_w] for t, s in group])  # (n, C, th, tw)
-        outputs = padded_apply(fn, pieces, multiple).float()  # (n, C, th, tw)
-        for (top, left), output in zip(group, outputs, strict=True):
-            total[:, top : top + tile_h, left : left + tile_w] += output * window
-            weight[top : top + tile_h, left : left + tile_w] += window
-    return (total / weight).unsqueeze(0)[..., :full_h, :full_w]  # (1, C, H, W)
+    window = blend_window(tile_h, tile_w, overlap)  # (th, tw)
+    total = torch.zeros((channels, tile_h, width), dtype=torch.float32)  # rows anchor .. anchor + th
+    weight = torch.zeros((tile_h, width), dtype=torch.float32)
+    out = np.empty((full_h, full_w, channels), dtype=np.uint8)
+    anchor = 0
+
+    def emit(rows: int) -> None:  # rows anchor .. anchor + rows are final
+        stop = min(anchor + rows, full_h)
+        if stop > anchor:
+            done = (total[:, : stop - anchor] / weight[: stop - anchor]).clamp(0, 1)  # (C, r, W')
+            out[anchor:stop] = done.mul(255).round().to(torch.uint8).permute(1, 2, 0)[:, :full_w].numpy()
+
+    for top in tops:
+        if top > anchor:  # rows above this tile row are finished: write them, slide the window down
+            shift = top - anchor
+            emit(shift)
+            total = torch.cat([total[:, shift:], torch.zeros((channels, shift, width))], dim=1)
+            weight = torch.cat([weight[shift:], torch.zeros((shift, width))], dim=0)
+            anchor = top
+        band = padded[top : top + tile_h]  # (th, W', C) uint8
+        for first in range(0, len(lefts), tiles_per_pass):
+            group = lefts[first : first + tiles_per_pass]
+            pieces = np.stack([band[:, s : s + tile_w] for s in group])  # (n, th, tw, C)
+            x = torch.from_numpy(pieces).permute(0, 3, 1, 2).float().div_(255.0)  # (n, C, th, tw)
+            outputs = fn(x).float().cpu()  # (n, C, th, tw)
+            for left, output in zip(group, outputs, strict=True):
+                total[:, :, left : left + tile_w] += output * window
+                weight[:, left : left + tile_w] += window
+    emit(tile_h)
+    return out

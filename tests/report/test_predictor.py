@@ -124,3 +124,10 @@ def test_fully_convolutional_model_scores_each_size_and_skips_embeddings(tmp_pat
     assert table.column("reason").to_pylist() == [None] * 3
     assert np.all(np.isfinite(_column(table, "psnr"))) and np.all(np.isfinite(_column(table, "ssim")))
     assert table.column("embedding").to_pylist() == [None] * 3  # codes of any-size models vary in length
+
+
+def test_the_report_predictor_is_built_on_the_batch_predictor_base() -> None:
+    from raeflow.batch.predictors import Predictor
+
+    assert issubclass(ReportPredictor, Predictor)
+    assert "__init__" in ReportPredictor.__dict__ and "result" not in ReportPredictor.__dict__
