@@ -128,13 +128,9 @@ def main() -> None:
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     _keys_dataset(work / "keys", args.keys, args.shards)
-    results = {
-        "keys": args.keys,
-        "shards": args.shards,
-        "raeflow_manifest": raeflow_manifest(work, args.keys, args.shards),
-        "ray_data_checkpoint": ray_checkpoint(work, args.shards),
-    }
-    print(json.dumps(results, indent=1))
+    print(json.dumps({"keys": args.keys, "shards": args.shards}), flush=True)
+    print(json.dumps({"raeflow_manifest": raeflow_manifest(work, args.keys, args.shards)}), flush=True)
+    print(json.dumps({"ray_data_checkpoint": ray_checkpoint(work, args.shards)}), flush=True)
 
 
 if __name__ == "__main__":

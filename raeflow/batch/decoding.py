@@ -35,13 +35,18 @@ DECODED_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("width", pa.int32()),
         ("channels", pa.int32()),
+        ("bit_depth", pa.int32()),
+        ("alpha", pa.large_binary()),
         ("format", pa.string()),
     ]
 )
 """Rows after decoding: `row` is the row's position in its shard, `shard_rows` the shard's row count
 on its last row (null elsewhere); `reason` is null for a usable image, else why it was rejected
-(then `pixels` is empty). `format` is the encoded format sniffed from the input bytes
-(png, jpeg, webp, bmp, tiff, gif; raw for raw-pixel sources)."""
+(then `pixels` is empty). `bit_depth` is 8 (`uint8` pixels) or 16 (`uint16`, kept only with
+`DecodeSpec.keep_mode`); `alpha` holds an image's alpha plane `(H, W)` of the same depth when it
+had one and `keep_mode` is on (else it is empty and alpha was composited over white). `format` is
+the encoded format sniffed from the input bytes (png, jpeg, webp, bmp, tiff, gif; raw for
+raw-pixel sources)."""
 
 PASS_THROUGH = ("key", "source", "label", "shard", "row")
 """Columns every later step keeps as they are: each output row stays filed under its shard and position."""
@@ -61,6 +66,9 @@ class DecodeSpec:
     """How to fit to height x width: resize or center_crop."""
     max_pixels: int | None = None
     """Reject images with more pixels than this (decompression bombs); None: the decoder's default."""
+    keep_mode: bool = False
+    """Keep an alpha plane (carried beside the pixels) and 16-bit grey depth, for outputs that
+    mirror their input (denoise); otherwise alpha is composited over white and 16 bits become 8."""
 
 
 def decode_rows(batch: pa.Table, spec: DecodeSpec) -> pa.Table:
@@ -69,25 +77,27 @@ def decode_rows(batch: pa.Table, spec: DecodeSpec) -> pa.Table:
     errors = batch.column("error").to_pylist() if "error" in batch.column_names else [None] * len(datas)
     reasons: list[str | None] = []
     pixels: list[bytes] = []
+    alphas: list[bytes] = []
+    depths: list[int] = []
     shapes: list[tuple[int, int, int]] = []
     formats: list[str | None] = []
     for data, error in zip(datas, errors, strict=True):
         formats.append(sniff_format(data) if data else None)
+        array, alpha = None, None
         if error:
             reasons.append(error if ":" in error else f"read_error: {error}")
-            pixels.append(b"")
-            shapes.append((0, 0, 0))
-            continue
-        try:
-            array = decode_one(data, spec)
-        except images.ImageRejected as rejected:
-            reasons.append(str(rejected))
-            pixels.append(b"")
-            shapes.append((0, 0, 0))
-            continue
-        reasons.append(None)
-        pixels.append(array.tobytes())
-        shapes.append(array.shape)  # (H, W, C)
+        else:
+            try:
+                array, alpha = (
+                    decode_keeping_mode(data, spec) if spec.keep_mode else (decode_one(data, spec), None)
+                )
+                reasons.append(None)
+            except images.ImageRejected as rejected:
+                reasons.append(str(rejected))
+        pixels.append(array.tobytes() if array is not None else b"")
+        alphas.append(alpha.tobytes() if alpha is not None else b"")
+        depths.append(16 if array is not None and array.dtype == np.uint16 else 8)
+        shapes.append(array.shape if array is not None else (0, 0, 0))  # (H, W, C)
     height, width, channels = (np.asarray([s[i] for s in shapes], dtype=np.int32) for i in range(3))
     columns = {name: batch.column(name) for name in PASS_THROUGH if name in batch.column_names}
     if "shard_rows" in batch.column_names:
@@ -99,6 +109,8 @@ def decode_rows(batch: pa.Table, spec: DecodeSpec) -> pa.Table:
         height=pa.array(height),
         width=pa.array(width),
         channels=pa.array(channels),
+        bit_depth=pa.array(depths, pa.int32()),
+        alpha=pa.array(alphas, pa.large_binary()),
         format=pa.array(formats, pa.string()),
     )
     # `shard` is absent inside a read task (`BatchSource`): `read_dataset` adds it after.
@@ -116,16 +128,61 @@ def decode_one(data: bytes, spec: DecodeSpec) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.uint8)
 
 
+def decode_keeping_mode(data: bytes, spec: DecodeSpec) -> tuple[np.ndarray, np.ndarray | None]:
+    """One image as `(H, W, C)` pixels plus its alpha plane `(H, W)` (or None), keeping 16-bit grey.
+
+    PNG and TIFF images with alpha or 16-bit grey samples are decoded here (Pillow); every other
+    image goes through `decode_one`. Pillow reads 16-bit colour PNGs at 8 bits, so only grey keeps
+    16 bits.
+    """
+    header = images.probe_image(data)
+    with_alpha = header.channels in (2, 4) or header.palette
+    if header.format not in ("png", "tiff") or not (with_alpha or header.bit_depth == 16):
+        return decode_one(data, spec), None
+    images.decode_image(data, max_pixels=spec.max_pixels or images.DEFAULT_MAX_PIXELS)  # size, bombs
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as opened:
+        if opened.mode.startswith("I;16") or opened.mode == "I":
+            grey = np.asarray(opened).astype(np.uint16)  # (H, W)
+            return np.ascontiguousarray(grey[:, :, None]), None
+        image = opened.convert("LA" if opened.mode in ("L", "LA", "La") else "RGBA")
+        array = np.asarray(image)  # (H, W, 2 or 4)
+    alpha: np.ndarray | None = np.ascontiguousarray(array[:, :, -1])
+    if header.channels not in (2, 4) and array[:, :, -1].min() == 255:
+        alpha = None  # a palette image without transparency stays without alpha
+    return np.ascontiguousarray(array[:, :, :-1]), alpha
+
+
 def pixels_of(table: pa.Table) -> list[np.ndarray | None]:
-    """The images of decoded rows as `uint8` `(H, W, C)` arrays (None for rejected rows)."""
+    """The images of decoded rows as `uint8` (16-bit: `uint16`) `(H, W, C)` arrays (None: rejected)."""
     datas = table.column("pixels").to_pylist()
     heights = table.column("height").to_pylist()
     widths = table.column("width").to_pylist()
     channels = table.column("channels").to_pylist()
     reasons = table.column("reason").to_pylist()
+    depths = table.column("bit_depth").to_pylist() if "bit_depth" in table.column_names else [8] * len(datas)
     out: list[np.ndarray | None] = []
-    for data, h, w, c, reason in zip(datas, heights, widths, channels, reasons, strict=True):
-        out.append(None if reason is not None else np.frombuffer(data, dtype=np.uint8).reshape(h, w, c))
+    for data, h, w, c, reason, depth in zip(datas, heights, widths, channels, reasons, depths, strict=True):
+        dtype = np.uint16 if depth == 16 else np.uint8
+        out.append(None if reason is not None else np.frombuffer(data, dtype=dtype).reshape(h, w, c))
+    return out
+
+
+def alphas_of(table: pa.Table) -> list[np.ndarray | None]:
+    """The alpha planes `(H, W)` of decoded rows (None where the image had none or was rejected)."""
+    if "alpha" not in table.column_names:
+        return [None] * table.num_rows
+    out: list[np.ndarray | None] = []
+    for data, h, w in zip(
+        table.column("alpha").to_pylist(),
+        table.column("height").to_pylist(),
+        table.column("width").to_pylist(),
+        strict=True,
+    ):
+        out.append(np.frombuffer(data, dtype=np.uint8).reshape(h, w) if data else None)
     return out
 
 

@@ -48,7 +48,7 @@ def run_denoise(config: DenoiseConfig) -> JobSummary:
         out=OutputDir(config.out),
         fingerprint=bundle.fingerprint,
         settings=config.output_settings(),
-        decode=DecodeSpec(),  # each image keeps its own size and mode
+        decode=DecodeSpec(keep_mode=True),  # each image keeps its own size, mode, alpha and 16-bit grey
         predictor=DenoisePredictor,
         predictor_kwargs=predictor_kwargs,
         writer=mirror_writer(source, config.image_column),

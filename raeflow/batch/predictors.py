@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
-from raeflow.batch.decoding import PASS_THROUGH, pixels_of
+from raeflow.batch.decoding import PASS_THROUGH, alphas_of, pixels_of
 from raeflow.batch.tiling import padded_apply, tiled_apply_uint8
 from raeflow.data import images
 from raeflow.models import Autoencoder, load_bundle
@@ -36,14 +36,26 @@ def pick_device(device: str | None) -> torch.device:
 
 
 def to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
-    """Stack equal-shaped `uint8` `(H, W, C)` images into a float batch `(B, C, H, W)` in [0, 1]."""
-    batch = torch.from_numpy(np.stack(arrays))  # (B, H, W, C) uint8
-    return batch.permute(0, 3, 1, 2).float().div_(255.0)  # (B, C, H, W)
+    """Stack equal-shaped `uint8` or `uint16` `(H, W, C)` images into a float batch `(B, C, H, W)`, 0..1."""
+    top = float(np.iinfo(arrays[0].dtype).max)
+    if arrays[0].dtype == np.uint8:
+        batch = torch.from_numpy(np.stack(arrays))  # (B, H, W, C) uint8
+    else:
+        batch = torch.from_numpy(np.stack(arrays).astype(np.float32))  # torch has no uint16 maths
+    return batch.permute(0, 3, 1, 2).float().div_(top)  # (B, C, H, W)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """A float image `(C, H, W)` in [0, 1] as `uint8` `(H, W, C)`."""
     return x.clamp(0, 1).mul(255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def to_pixels(x: torch.Tensor, dtype: np.dtype) -> np.ndarray:
+    """A float image `(C, H, W)` in [0, 1] as `dtype` (`uint8` or `uint16`) `(H, W, C)`."""
+    if dtype == np.uint8:
+        return to_uint8(x)
+    top = float(np.iinfo(dtype).max)
+    return x.clamp(0, 1).mul(top).round().permute(1, 2, 0).cpu().numpy().astype(dtype)
 
 
 class Predictor:
@@ -153,6 +165,7 @@ class DenoisePredictor(Predictor):
     @torch.inference_mode()
     def __call__(self, batch: pa.Table) -> pa.Table:
         arrays = pixels_of(batch)
+        alphas = alphas_of(batch)
         reasons = batch.column("reason").to_pylist()
         formats = batch.column("format").to_pylist()
         datas: list[bytes] = []
@@ -162,7 +175,10 @@ class DenoisePredictor(Predictor):
             if array is not None:
                 try:
                     fmt = output_format(self.out_format, formats[i])
-                    denoised = self.denoise(array)  # (H, W, C) uint8
+                    denoised = self.denoise(array)  # (H, W, C), uint8 or uint16 as the input
+                    alpha = alphas[i]
+                    if alpha is not None:  # alpha is carried through untouched
+                        denoised = np.concatenate([denoised, alpha[:, :, None]], axis=2)
                     data = encode_output(denoised, fmt, quality=self.jpeg_quality)
                 except images.ImageRejected as rejected:
                     reasons[i], fmt = str(rejected), None
@@ -176,6 +192,7 @@ class DenoisePredictor(Predictor):
         }
         return self.result(batch, reasons, payload)
 
+    @torch.inference_mode()
     def denoise(self, array: np.ndarray) -> np.ndarray:
         """One image `uint8` `(H, W, C)` -> denoised, same shape; raises `ImageRejected` for a size misfit.
 
@@ -194,7 +211,7 @@ class DenoisePredictor(Predictor):
                 run_tiles, array, tile=side, overlap=self.tile_overlap, multiple=SIZE_MULTIPLE
             )
         x = to_tensor([array]).to(self.device)  # (1, C, H, W)
-        return to_uint8(self._with_channels(x, self._run)[0])
+        return to_pixels(self._with_channels(x, self._run)[0], array.dtype)
 
     def _with_channels(self, x: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """`run` (the model at its channels) on `x` `(B, C, H, W)` of any channel count -> `(B, C, H, W)`."""
@@ -233,7 +250,23 @@ def _default_tile(max_pixels: int) -> int:
 
 
 def encode_output(pixels: np.ndarray, fmt: str, *, quality: int) -> bytes:
-    """Encode `uint8` `(H, W, C)` as `fmt`: PNG, JPEG, WebP (raeflow's encoder), BMP or TIFF (Pillow)."""
+    """Encode `(H, W, C)` as `fmt`: PNG, JPEG, WebP (raeflow's encoder), BMP or TIFF (Pillow).
+
+    C may include alpha (2: grey + alpha, 4: RGBA), dropped for JPEG and BMP; `uint16` (grey) stays
+    16-bit in PNG and TIFF and becomes 8-bit in the other formats.
+    """
+    if pixels.shape[2] in (2, 4) and fmt in ("jpeg", "bmp"):
+        pixels = np.ascontiguousarray(pixels[:, :, :-1])
+    if pixels.dtype == np.uint16:
+        if fmt in ("png", "tiff") and pixels.shape[2] == 1:
+            import io
+
+            from PIL import Image
+
+            buffer = io.BytesIO()
+            Image.fromarray(pixels[:, :, 0]).save(buffer, fmt.upper())  # mode I;16
+            return buffer.getvalue()
+        pixels = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     if fmt in images.ENCODE_FORMATS:
         return images.encode_image(pixels, fmt, quality=quality)
     import io

@@ -203,17 +203,16 @@ def _stream(
 
 
 def predictor_pool(run: RunOptions) -> Any:
-    """The elastic actor pool: 1 .. one actor per GPU (--gpu) or per `worker_cpus` CPUs, at most --workers."""
+    """The elastic actor pool: from 1 up to --workers, or (without it) one actor per GPU with --gpu,
+    else one per `worker_cpus` CPUs that the cluster has now."""
     import ray
 
     resources = ray.cluster_resources()
-    if run.gpu:
-        most = max(1, int(resources.get("GPU", 1)))
-    else:
-        most = max(1, int(resources.get("CPU", 1) // run.worker_cpus))
-    if run.workers is not None:
-        most = min(most, run.workers)
     kind = "GPU" if run.gpu else "CPU"
+    if run.workers is not None:  # an autoscaling cluster may not have these nodes yet
+        most = run.workers
+    else:
+        most = max(1, int(resources.get(kind, 1) // (1 if run.gpu else run.worker_cpus)))
     nodes = sum(1 for node in ray.nodes() if node["Alive"] and node["Resources"].get(kind, 0) > 0)
     # Start one actor per node (Ray Data spreads them), grow while blocks queue up, shrink when idle.
     return ray.data.ActorPoolStrategy(min_size=1, max_size=most, initial_size=max(1, min(most, nodes)))

@@ -51,7 +51,8 @@ def blend_window(tile_h: int, tile_w: int, overlap: int) -> torch.Tensor:
 def tiled_apply_uint8(
     fn: ImageFn, image: np.ndarray, *, tile: int, overlap: int, multiple: int = 1, tiles_per_pass: int = 4
 ) -> np.ndarray:
-    """`fn` over one `uint8` image `(H, W, C)` in blended tiles, straight to a `uint8` result `(H, W, C)`.
+    """`fn` over one `uint8` (or `uint16`) image `(H, W, C)` in blended tiles, straight to a result of
+    the same type and shape.
 
     Pixels become floats one
     batch of tiles at a time, and the blend accumulators cover one row of tiles, whose finished rows
@@ -59,6 +60,7 @@ def tiled_apply_uint8(
     holds about `C x tile x W` floats (a 24-megapixel RGB photo at tile 1024: ~75 MB, not ~1.5 GB).
     """
     full_h, full_w, channels = image.shape
+    top_value = float(np.iinfo(image.dtype).max)
     padded = image
     if full_h % multiple or full_w % multiple:  # pad as a one-pass run would (edge pixels repeated)
         padded = np.pad(image, ((0, -full_h % multiple), (0, -full_w % multiple), (0, 0)), mode="edge")
@@ -69,14 +71,15 @@ def tiled_apply_uint8(
     window = blend_window(tile_h, tile_w, overlap)  # (th, tw)
     total = torch.zeros((channels, tile_h, width), dtype=torch.float32)  # rows anchor .. anchor + th
     weight = torch.zeros((tile_h, width), dtype=torch.float32)
-    out = np.empty((full_h, full_w, channels), dtype=np.uint8)
+    out = np.empty((full_h, full_w, channels), dtype=image.dtype)
     anchor = 0
 
     def emit(rows: int) -> None:  # rows anchor .. anchor + rows are final
         stop = min(anchor + rows, full_h)
         if stop > anchor:
             done = (total[:, : stop - anchor] / weight[: stop - anchor]).clamp(0, 1)  # (C, r, W')
-            out[anchor:stop] = done.mul(255).round().to(torch.uint8).permute(1, 2, 0)[:, :full_w].numpy()
+            scaled = done.mul(top_value).round().permute(1, 2, 0)[:, :full_w]  # (r, W, C)
+            out[anchor:stop] = scaled.numpy().astype(image.dtype)
 
     for top in tops:
         if top > anchor:  # rows above this tile row are finished: write them, slide the window down
@@ -89,7 +92,9 @@ def tiled_apply_uint8(
         for first in range(0, len(lefts), tiles_per_pass):
             group = lefts[first : first + tiles_per_pass]
             pieces = np.stack([band[:, s : s + tile_w] for s in group])  # (n, th, tw, C)
-            x = torch.from_numpy(pieces).permute(0, 3, 1, 2).float().div_(255.0)  # (n, C, th, tw)
+            x = (
+                torch.from_numpy(pieces.astype(np.float32)).permute(0, 3, 1, 2).div_(top_value)
+            )  # (n, C, th, tw)
             outputs = fn(x).float().cpu()  # (n, C, th, tw)
             for left, output in zip(group, outputs, strict=True):
                 total[:, :, left : left + tile_w] += output * window
