@@ -18,7 +18,6 @@ from pathlib import Path
 
 import fsspec
 import numpy as np
-import psutil
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -158,17 +157,44 @@ def test_embed_and_denoise_write_from_both_nodes_and_the_driver_gets_only_record
 
 def _peak_memory_growth(job: subprocess.Popen, out: Path) -> int:
     """The driver's private memory growth from its first commit to its end (sampled every 0.1 s)."""
-    process = psutil.Process(job.pid)
     samples: list[int] = []
     while job.poll() is None:
         try:
-            private = process.memory_full_info().uss
-        except psutil.Error:
+            private = _private_bytes(job.pid)
+        except OSError:
             break
-        if list((out / "_manifest").glob("shard-*.json")) if (out / "_manifest").exists() else False:
+        if (out / "_manifest").exists() and list((out / "_manifest").glob("shard-*.json")):
             samples.append(private)
         time.sleep(0.1)
     return max(samples) - samples[0] if samples else 0
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _predictor_processes(cluster: TwoNodes) -> list[int]:
+    """The predictor actor processes of this cluster (workers are children of its nodes' raylets)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or "PredictAndWrite" not in _cmdline(int(entry.name)):
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if cluster.address in _cmdline(parent):
+            found.append(int(entry.name))
+    return found
+
+
+def _private_bytes(pid: int) -> int:
+    """A process's private memory (smaps_rollup: Private_Clean + Private_Dirty)."""
+    fields = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    return sum(int(line.split()[1]) * 1024 for line in fields if line.startswith("Private_"))
 
 
 def test_a_killed_predictor_actor_is_replaced(
@@ -183,11 +209,9 @@ def test_a_killed_predictor_actor_is_replaced(
         text=True,
     )
     _wait_for_records(out_root, job)
-    actors = [
-        p for p in psutil.process_iter(["cmdline"]) if "PredictAndWrite" in " ".join(p.info["cmdline"] or [])
-    ]
+    actors = _predictor_processes(two_nodes)
     assert actors, "no predictor actor process found"
-    os.kill(actors[0].pid, signal.SIGKILL)
+    os.kill(actors[0], signal.SIGKILL)
     _, stderr = job.communicate(timeout=600)
     assert job.returncode == 0, stderr[-3000:]
     _assert_exactly_once(out_root, keys)
