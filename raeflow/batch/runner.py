@@ -55,6 +55,9 @@ CRASH_HOOK = "RAEFLOW_TEST_CRASH_AFTER_SHARDS"
 DECODE_LABEL = ("raeflow.io/role", "decode")
 """Node label of the CPU-only decode workers (cluster.yaml); read tasks prefer such nodes."""
 
+ACTOR_START_SECONDS = 1800
+"""How long the job waits for its first predictor actors (an autoscaler may have to add their nodes)."""
+
 BLOCK_BYTES = 32 * 1024 * 1024
 """Target size of a block of decoded rows, which is also what one part file holds (see docs/batch.md)."""
 
@@ -166,6 +169,12 @@ def _stream(
         **decode_args,
     )
     ds.context.target_max_block_size = job.block_bytes
+    # Let the first actors (one per node) start before any block is handed out, so an actor that
+    # comes up first cannot take every block of a small job while the others still load the model.
+    ds.context.wait_for_min_actors_s = ACTOR_START_SECONDS
+    # Blocks go to the least busy actor, not the one beside the read task that made them: decoded
+    # blocks cross nodes anyway when decoding runs on CPU nodes, and locality left actors idle.
+    ds.context.execution_options.actor_locality_enabled = False
     ds = ds.map_batches(
         PredictAndWrite,  # type: ignore[arg-type]  # a callable class Ray runs in an actor pool
         fn_constructor_kwargs={

@@ -7,6 +7,7 @@ The cluster (`tests/batch/two_node_cluster.py`) runs in its own process and each
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from raeflow.data import images
 from tests.batch.inputs import write_digit_parquet
 
 CLUSTER_SCRIPT = Path(__file__).with_name("two_node_cluster.py")
@@ -113,60 +115,73 @@ def out_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"s3://{bucket}/out"
 
 
+def _photo_parquet(root: Path, colour_photo: np.ndarray, *, files: int, rows: int) -> list[str]:
+    """`files` Parquet files of `rows` 640x640 RGB BMP photos (1.2 MB each, no compression)."""
+    import pyarrow as pa
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    keys = []
+    for f in range(files):
+        datas = []
+        for _ in range(rows):
+            top, left = rng.integers(0, 512 - 320, 2)
+            crop = np.tile(np.ascontiguousarray(colour_photo[top : top + 320, left : left + 320]), (2, 2, 1))
+            buffer = io.BytesIO()
+            Image.fromarray(crop).save(buffer, "BMP")
+            datas.append(buffer.getvalue())
+        names = [f"photo-{f:02d}-{r}" for r in range(rows)]
+        pq.write_table(pa.table({"key": names, "image": datas}), root / f"part-{f:02d}.parquet")
+        keys += names
+    return keys
+
+
 def test_embed_and_denoise_write_from_both_nodes_and_the_driver_gets_only_records(
-    two_nodes: TwoNodes, tmp_path: Path, conv_bundle: str, unet_rgb_bundle: str, mnist_digits, colour_photo
+    two_nodes: TwoNodes, tmp_path: Path, unet_rgb_bundle: str, colour_photo
 ) -> None:
-    digits, labels = mnist_digits
-    keys = write_digit_parquet(str(tmp_path / "digits"), digits, labels, files=8, rows=40)
+    keys = _photo_parquet(tmp_path / "photos", colour_photo, files=8, rows=3)  # ~29 MB of pixels
     emb = str(tmp_path / "emb")
     done = subprocess.run(
-        _cli(two_nodes, "embed", "--data", str(tmp_path / "digits"), "--model", conv_bundle, "--out", emb),
+        _cli(
+            two_nodes, "embed", "--data", str(tmp_path / "photos"), "--model", unet_rgb_bundle, "--out", emb
+        ),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert len({node for record in _records(emb) for node in record["nodes"]}) == 2
     assert _embedded_keys(emb) == keys
 
-    # Denoise ~24 MB of BMP photos: every byte is written on the nodes; the driver's share is records.
-    src = tmp_path / "photos"
-    src.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(24):
-        top, left = rng.integers(0, 512 - 320, 2)
-        crop = np.ascontiguousarray(colour_photo[top : top + 320, left : left + 320])
-        Image.fromarray(np.tile(crop, (2, 2, 1))).save(src / f"p{i:02d}.bmp")  # 640x640x3: 1.2 MB
+    # Denoise them: every output byte is written on the nodes; the driver's share is records.
     out = tmp_path / "clean"
     job = subprocess.Popen(
-        _cli(two_nodes, "denoise", "--data", str(src), "--model", unet_rgb_bundle, "--out", str(out)),
+        _cli(
+            two_nodes,
+            "denoise",
+            "--data",
+            str(tmp_path / "photos"),
+            "--model",
+            unet_rgb_bundle,
+            "--out",
+            str(out),
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    peak = _peak_memory_growth(job, out)
-    stdout, stderr = job.communicate(timeout=600)
+    growth = _peak_memory_growth(job, out)
+    _, stderr = job.communicate(timeout=900)
     assert job.returncode == 0, stderr[-3000:]
-    written = sum(p.stat().st_size for p in out.glob("*.bmp"))
+    written = sum(p.stat().st_size for p in out.glob("*.parquet"))
     success = json.loads((out / "_SUCCESS").read_text())
-    assert written > 20_000_000 and success["images_out"] == 24
+    assert written > 25_000_000 and success["images_out"] == 24
     assert success["received_bytes"] < 100_000, success["received_bytes"]  # records, never images
-    assert peak < 50 * 1024 * 1024, peak
+    assert growth < 50 * 1024 * 1024, growth
     assert len({node for record in _records(str(out)) for node in record["nodes"]}) == 2
-
-
-def _peak_memory_growth(job: subprocess.Popen, out: Path) -> int:
-    """The driver's private memory growth from its first commit to its end (sampled every 0.1 s)."""
-    samples: list[int] = []
-    while job.poll() is None:
-        try:
-            private = _private_bytes(job.pid)
-        except OSError:
-            break
-        if (out / "_manifest").exists() and list((out / "_manifest").glob("shard-*.json")):
-            samples.append(private)
-        time.sleep(0.1)
-    return max(samples) - samples[0] if samples else 0
+    denoised = pq.read_table(out / "part-03.parquet")
+    assert denoised.column("key").to_pylist() == keys[9:12]
+    assert images.decode_image(denoised.column("image")[0].as_py()).shape == (640, 640, 3)
 
 
 def _cmdline(pid: int) -> str:
@@ -237,3 +252,17 @@ def test_a_worker_node_lost_mid_job(
         job.kill()
         two_nodes.tell("add")
     _assert_exactly_once(out_root, keys)
+
+
+def _peak_memory_growth(job: subprocess.Popen, out: Path) -> int:
+    """The driver's private memory growth from its first commit to its end (sampled every 0.1 s)."""
+    samples: list[int] = []
+    while job.poll() is None:
+        try:
+            private = _private_bytes(job.pid)
+        except OSError:
+            break
+        if (out / "_manifest").exists() and list((out / "_manifest").glob("shard-*.json")):
+            samples.append(private)
+        time.sleep(0.1)
+    return max(samples) - samples[0] if samples else 0
