@@ -69,11 +69,13 @@ def _cli(cluster: TwoNodes, *args: str) -> list[str]:
 
 def _listing(out: str) -> list[str]:
     fs, root = fsspec.core.url_to_fs(out)
+    fs.invalidate_cache()  # s3fs keeps listings (and sizes) of earlier calls
     return sorted(path[len(root.rstrip("/")) + 1 :] for path in fs.find(root))
 
 
 def _records(out: str) -> list[dict]:
     fs, root = fsspec.core.url_to_fs(out)
+    fs.invalidate_cache()
     names = [p for p in fs.find(f"{root}/_manifest") if p.rsplit("/", 1)[1].startswith("shard-")]
     return [json.loads(fs.cat_file(p)) for p in sorted(names)]
 

@@ -15,6 +15,7 @@ from tests.batch.inputs import write_digit_parquet
 
 def _files(out: str) -> list[str]:
     fs, root = fsspec.core.url_to_fs(out)
+    fs.invalidate_cache()  # s3fs keeps listings (and sizes) of earlier calls
     return sorted(path[len(root.rstrip("/")) + 1 :] for path in fs.find(root))
 
 
@@ -44,6 +45,7 @@ def test_interrupted_embed_resumes_exactly_once(
     assert not any(".raeflow-tmp-" in f for f in done) and "_SUCCESS" in done
     assert [f for f in done if f.startswith("part-")] == [f"part-{i:05d}-000000.parquet" for i in range(5)]
     fs, root = fsspec.core.url_to_fs(out)
+    fs.invalidate_cache()
     embedded = []
     for i in range(5):
         with fs.open(f"{root}/part-{i:05d}-000000.parquet", "rb") as handle:
