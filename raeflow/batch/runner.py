@@ -172,9 +172,6 @@ def _stream(
     # Let the first actors (one per node) start before any block is handed out, so an actor that
     # comes up first cannot take every block of a small job while the others still load the model.
     ds.context.wait_for_min_actors_s = ACTOR_START_SECONDS
-    # Blocks go to the least busy actor, not the one beside the read task that made them: decoded
-    # blocks cross nodes anyway when decoding runs on CPU nodes, and locality left actors idle.
-    ds.context.execution_options.actor_locality_enabled = False
     ds = ds.map_batches(
         PredictAndWrite,  # type: ignore[arg-type]  # a callable class Ray runs in an actor pool
         fn_constructor_kwargs={
@@ -212,8 +209,8 @@ def _stream(
 
 
 def predictor_pool(run: RunOptions) -> Any:
-    """The elastic actor pool: from 1 up to --workers, or (without it) one actor per GPU with --gpu,
-    else one per `worker_cpus` CPUs that the cluster has now."""
+    """The elastic actor pool: from one actor per node (with a CPU, or a GPU with --gpu) up to --workers,
+    or without it one per GPU with --gpu, else one per `worker_cpus` CPUs that the cluster has now."""
     import ray
 
     resources = ray.cluster_resources()
@@ -223,8 +220,10 @@ def predictor_pool(run: RunOptions) -> Any:
     else:
         most = max(1, int(resources.get(kind, 1) // (1 if run.gpu else run.worker_cpus)))
     nodes = sum(1 for node in ray.nodes() if node["Alive"] and node["Resources"].get(kind, 0) > 0)
-    # Start one actor per node (Ray Data spreads them), grow while blocks queue up, shrink when idle.
-    return ray.data.ActorPoolStrategy(min_size=1, max_size=most, initial_size=max(1, min(most, nodes)))
+    # One actor per node (Ray Data spreads them) from the start and at least until the end, so no
+    # node sits idle while a replacement actor loads the model; more while blocks queue up.
+    least = max(1, min(most, nodes))
+    return ray.data.ActorPoolStrategy(min_size=least, max_size=most, initial_size=least)
 
 
 class _Books:
