@@ -56,6 +56,11 @@ class ImageHeader:
         """Whether applying `orientation` swaps height and width (EXIF 5 to 8: a quarter turn)."""
         return self.orientation >= 5
 
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        """(height, width) of the decoded image, which is turned upright: what a model sees."""
+        return (self.width, self.height) if self.transposed else (self.height, self.width)
+
 
 def sniff_format(data: bytes) -> str | None:
     """The format named by the magic bytes, or None when they match no known image format."""

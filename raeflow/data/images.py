@@ -187,8 +187,7 @@ def _cover_size(header: ImageHeader, height: int, width: int, mode: str) -> tupl
     """The smallest (height, width), in the image's stored orientation, that `fit_to_contract`
     can make the target from without enlarging: the target itself, or for `center_crop` the
     scaled image that covers it."""
-    stored_h, stored_w = header.height, header.width
-    upright_h, upright_w = (stored_w, stored_h) if header.transposed else (stored_h, stored_w)
+    upright_h, upright_w = header.upright_size
     need_h, need_w = height, width
     if mode == "center_crop":
         scale = max(height / upright_h, width / upright_w)

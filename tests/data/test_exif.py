@@ -50,6 +50,7 @@ def test_a_phone_photo_with_orientation_6_comes_out_upright(photo: np.ndarray) -
     # The camera stored the scene turned a quarter left and tagged 6 ("turn right to view").
     stored = np.ascontiguousarray(np.rot90(photo, k=1))  # (160, 96, 3)
     data = tagged(stored, "JPEG", 6)
+    assert probe_image(data).upright_size == (96, 160)
     decoded = decode_image(data, channels=3)
     assert decoded.shape == photo.shape  # (96, 160, 3): upright, wider than tall
     assert np.abs(decoded.astype(int) - photo).mean() < 3
