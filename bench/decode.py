@@ -16,7 +16,9 @@ Decode to a 64x64 model (`decode_fitted`'s job) on full-size photos: the JPEG co
 - `raeflow full+resize`: `decode_image` then `fit_to_contract` (the path before reduced decoding);
 - `raeflow decode_fitted`: `decode_fitted(data, channels, 64, 64)` (simplejpeg's scaled decode).
 Also the mean absolute difference (grey levels) of each to `raeflow full+resize`.
-The methods take turns; the best of `--repeats` runs counts.
+The methods take turns; the best of `--repeats` runs counts. Times are this process's CPU time
+(`time.process_time`, one thread), so a machine busy with other work slows the wall clock but
+hardly the comparison.
 """
 
 from __future__ import annotations
@@ -105,9 +107,9 @@ def fitted_rows(name: str, datas: list[bytes], repeats: int) -> list[tuple]:
         outputs: dict[str, list[np.ndarray]] = {}
         for _ in range(repeats):
             for method, run in methods.items():
-                start = time.perf_counter()
+                start = time.process_time()
                 outputs[method] = [run(data, channels) for data in datas]
-                best[method] = min(best[method], time.perf_counter() - start)
+                best[method] = min(best[method], time.process_time() - start)
         reference = np.stack([o.reshape(64, 64, -1) for o in outputs["raeflow full+resize"]]).astype(np.int16)
         for method in methods:
             got = np.stack([o.reshape(64, 64, -1) for o in outputs[method]]).astype(np.int16)
@@ -126,9 +128,9 @@ def best_times(
     best = [float("inf")] * len(methods)
     for _ in range(repeats):
         for i, run in enumerate(methods):
-            start = time.perf_counter()
+            start = time.process_time()
             run(paths, channels)
-            best[i] = min(best[i], time.perf_counter() - start)
+            best[i] = min(best[i], time.process_time() - start)
     return best
 
 
