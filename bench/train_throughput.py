@@ -133,6 +133,8 @@ def photos_main(args: argparse.Namespace) -> None:
     common = [
         "--model",
         "conv_dense_coco",
+        "--image-size",
+        "64x64",
         "--epochs",
         str(args.epochs),
         "--batch-size",
