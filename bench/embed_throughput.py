@@ -1,272 +1,331 @@
-"""Images per second of `raeflow embed` (Ray Data, local Ray) against a plain PyTorch DataLoader,
-and the peak memory of raeflow's driver as the number of images grows.
+"""Images per second of `raeflow embed` and `raeflow denoise` against the scripts a user writes by
+hand, on realistic photos, each run as a whole process; and the limits of this machine.
 
-    .venv/bin/python bench/embed_throughput.py                      # 20,000 and 100,000 images
-    .venv/bin/python bench/embed_throughput.py --sizes 20000 --repeats 1
+    .venv/bin/python bench/embed_throughput.py                     # 5,000 photos, a few minutes
+    .venv/bin/python bench/embed_throughput.py --num-images 2000 --skip-denoise
+    .venv/bin/python bench/embed_throughput.py --memory-scale      # driver memory at 10k and 100k
 
-Data: 32x32 grey crops of real photos (the Train400 set at /work/shared/benchmarks/denoise/Train400
-when present, plus scikit-image's photographs in grey), PNG-encoded, in Parquet shards of
-`--shard-rows` rows (columns key, image). Model: `conv` at 1x32x32, 16-8-8 channels (a 128-float
-code), untrained: throughput does not depend on the weights. In one run, on the same shards:
-- raeflow: `run_embed(EmbedConfig(...))`, the library call behind `raeflow embed`, on a local Ray
-  with as many CPUs as the machine has (read + decode tasks, one predictor actor, driver writer);
-- baseline: `torch.utils.data.DataLoader(num_workers=2)` over an IterableDataset that reads the
-  same shards with pyarrow and decodes with the same `decode_image`; the main process runs
-  `model.embed` and writes one Parquet file per shard with pyarrow.
-Both times are wall clock of the whole call (worker/actor start-up included, `ray.init` not),
-best of `--repeats`; raeflow is timed cold (the first job on a new Ray: every worker process
-starts and imports torch, where the DataLoader's workers fork a parent that has) and warm (the
-same job again on that Ray). Each raeflow run has its own driver process, whose memory
-is sampled every 20 ms in a thread: resident set (which includes object-store pages the driver
-has read) and private memory (its own heap, what would grow with a leak).
+Data (`bench/corpus.py`, cached under bench-out/): JPEG photographs of 320x240 to 640x480 cut from
+the photos scikit-image ships (and BSD68 from ../shared when present), as WebDataset tars of 500
+and as a folder. Model: the `conv_dense_coco` preset (3x64x64 -> 256-d code), untrained (speed does
+not depend on the weights). Rows, each a fresh process timed from start to exit (imports, Ray
+start-up, writing included), outputs counted:
+- (a) `raeflow embed --data ... --model ... --out ...`, the CLI, on tars and on the folder;
+- (b) `bench/handwritten.py dataloader`: DataLoader(num_workers=2), PIL decode + resize, pyarrow;
+- (c) `bench/handwritten.py raydata`: read_webdataset/read_images -> map_batches -> write_parquet;
+- (d) limits, in this process: the model's forward pass alone on decoded 64x64 tensors (all
+  cores), and decode + resize alone (`decode_fitted`, one process per core; PIL's plain
+  open/convert/resize beside it); their pipeline limit is 1 / (1/model + 1/decode), as both share
+  the same cores.
+Each run's CPU time (all its processes: Ray's raylet and workers, DataLoader workers, adopted and
+reaped by this process) is shown beside its wall time: images per CPU-second compares the
+approaches fairly when other work shares the machine, which wall-clock images/s cannot.
+The driver's peak memory (resident and private) is sampled from /proc while each raeflow run goes;
+`--memory-scale` runs raeflow on 10,000 and 100,000 images (the tars repeated under new keys).
+Then `raeflow denoise` of 1-4 megapixel JPEG photos with `unet_rgb` against a hand-written loop.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import multiprocessing
 import os
+import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ modules, whatever the cwd
 
 import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-import skimage.data  # noqa: E402
 import torch  # noqa: E402
+from corpus import BENCH_OUT, REPO, make_corpus, megapixel_photos, repeated_tars  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from raeflow.data.images import decode_image, encode_image  # noqa: E402
-from raeflow.models import create_model, load_bundle, save_bundle  # noqa: E402
+from raeflow.data.images import decode_fitted  # noqa: E402
+from raeflow.models import create_model, save_bundle  # noqa: E402
 
-TRAIN400 = Path("/work/shared/benchmarks/denoise/Train400")
-PHOTOS = ("camera", "astronaut", "coffee", "chelsea", "rocket", "coins", "moon", "page", "text")
-CROP = 32
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # read-only, never written
+HANDWRITTEN = Path(__file__).resolve().parent / "handwritten.py"
 
 
-def photos() -> list[np.ndarray]:
-    """Grey `uint8` photographs: Train400 (if present) and scikit-image's."""
-    found = [np.asarray(Image.open(p).convert("L")) for p in sorted(TRAIN400.glob("*.png"))]
-    for name in PHOTOS:
-        image = getattr(skimage.data, name)()
-        found.append(image if image.ndim == 2 else np.asarray(Image.fromarray(image).convert("L")))
-    return found
+class ProcessMemory:
+    """Peak resident and private memory of process `pid`, sampled every 50 ms from /proc."""
 
-
-def write_shards(folder: Path, num_images: int, shard_rows: int, seed: int = 0) -> None:
-    """`num_images` random 32x32 crops as PNG in Parquet shards of `shard_rows` rows."""
-    rng = np.random.default_rng(seed)
-    sources = photos()
-    folder.mkdir(parents=True)
-    for start in range(0, num_images, shard_rows):
-        keys, datas = [], []
-        for i in range(start, min(start + shard_rows, num_images)):
-            photo = sources[i % len(sources)]
-            top, left = rng.integers(0, photo.shape[0] - CROP + 1), rng.integers(0, photo.shape[1] - CROP + 1)
-            keys.append(f"crop-{i:07d}")
-            datas.append(
-                encode_image(np.ascontiguousarray(photo[top : top + CROP, left : left + CROP, None]))
-            )
-        pq.write_table(
-            pa.table({"key": keys, "image": datas}), folder / f"shard-{start // shard_rows:05d}.parquet"
-        )
-
-
-class ShardImages(torch.utils.data.IterableDataset):
-    """The baseline's reader: each DataLoader worker reads its share of the shards and decodes."""
-
-    def __init__(self, files: list[Path]) -> None:
-        self.files = files
-
-    def __iter__(self) -> Iterator[tuple[int, str, torch.Tensor]]:
-        info = torch.utils.data.get_worker_info()
-        mine = self.files if info is None else self.files[info.id :: info.num_workers]
-        for path in mine:
-            index = int(path.stem.split("-")[1])
-            table = pq.read_table(path)
-            for key, data in zip(
-                table.column("key").to_pylist(), table.column("image").to_pylist(), strict=True
-            ):
-                pixels = decode_image(data, channels=1)  # (H, W, 1)
-                yield index, key, torch.from_numpy(pixels).permute(2, 0, 1)  # (1, H, W) uint8
-
-
-def run_baseline(data: Path, bundle: str, out: Path, batch_size: int) -> float:
-    """Embed with a plain DataLoader(num_workers=2); returns seconds."""
-    started = time.perf_counter()
-    model = load_bundle(bundle).model
-    files = sorted(data.glob("*.parquet"))
-    loader = torch.utils.data.DataLoader(ShardImages(files), batch_size=batch_size, num_workers=2)
-    out.mkdir(parents=True)
-    rows: dict[int, list[pa.Table]] = {}
-    with torch.inference_mode():
-        for shard_ids, keys, pixels in loader:
-            vectors = model.embed(pixels.float().div_(255)).numpy()  # (B, 128)
-            flat = pa.array(vectors.reshape(-1), pa.float32())
-            batch = pa.table({"key": list(keys), "embedding": pa.FixedSizeListArray.from_arrays(flat, 128)})
-            for shard in np.unique(shard_ids.numpy()):  # batches can mix the two workers' shards
-                rows.setdefault(int(shard), []).append(batch.filter(pa.array(shard_ids.numpy() == shard)))
-    for shard, tables in rows.items():
-        pq.write_table(pa.concat_tables(tables), out / f"part-{shard:05d}.parquet")
-    return time.perf_counter() - started
-
-
-class PeakMemory:
-    """Samples this process's memory every 20 ms in a thread (Linux /proc): the peak resident set
-    (`rss`, which also counts pages of Ray's shared-memory object store the driver has read) and
-    the peak private memory (`private`: the driver's own heap, what would grow with a leak)."""
-
-    def __init__(self, every: float = 0.02) -> None:
-        self.every, self.rss, self.private, self._stop = every, 0, 0, threading.Event()
+    def __init__(self, pid: int) -> None:
+        self.pid, self.rss, self.private = pid, 0, 0
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            fields = {}
-            with open("/proc/self/smaps_rollup") as rollup:
-                for line in rollup:
-                    name, _, rest = line.partition(":")
-                    if rest.strip().endswith("kB"):
-                        fields[name] = int(rest.split()[0]) * 1024
+            try:
+                with open(f"/proc/{self.pid}/smaps_rollup") as rollup:
+                    fields = {}
+                    for line in rollup:
+                        name, _, rest = line.partition(":")
+                        if rest.strip().endswith("kB"):
+                            fields[name] = int(rest.split()[0]) * 1024
+            except (FileNotFoundError, ProcessLookupError, PermissionError):
+                return
             self.rss = max(self.rss, fields.get("Rss", 0))
-            self.private = max(self.private, fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0))
-            time.sleep(self.every)
+            private = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+            self.private = max(self.private, private)
+            time.sleep(0.05)
 
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
 
 
-def run_raeflow(
-    data: Path, bundle: str, out: Path, batch_size: int, workers: int, worker_cpus: float
-) -> dict[str, float]:
-    """Embed with `run_embed` in a fresh driver process (so its memory is the job's alone) on a new
-    local Ray, twice; returns the seconds of the cold and the warm call and the driver's peak RSS
-    and private memory (bytes)."""
-    command = [
-        sys.executable,
-        __file__,
-        "--driver",
-        str(data),
-        bundle,
-        str(out),
-        str(batch_size),
-        str(workers),
-        str(worker_cpus),
+def timed(name: str, command: list[str], out: Path, *, tries: int = 3) -> dict:
+    """Run `command` as a fresh process; its wall time and the peak memory of its driver. A run whose
+    Ray did not come up (an overloaded machine) is tried again, and says so."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+    # A loaded machine starts Ray's raylet slowly; wait for it rather than fail (no effect on speed).
+    env.setdefault("RAY_raylet_start_wait_time_s", "180")
+    for attempt in range(1, tries + 1):
+        shutil.rmtree(out, ignore_errors=True)
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        memory = ProcessMemory(process.pid)
+        stdout, stderr = process.communicate()
+        seconds = time.perf_counter() - started
+        memory.stop()
+        if process.returncode == 0:
+            return {"name": name, "seconds": seconds, "rss": memory.rss, "private": memory.private}
+        if "timed out during startup" not in stderr or attempt == tries:
+            raise SystemExit(f"{name} failed ({process.returncode}):\n{stdout[-2000:]}\n{stderr[-4000:]}")
+        print(f"  {name}: Ray did not start ({load_line()}); trying again", flush=True)
+    raise AssertionError("unreachable")
+
+
+def _become_subreaper() -> None:
+    """Make this process adopt its orphaned descendants (Linux prctl), so that the CPU time of every
+    process a run starts (Ray's raylet and workers, DataLoader workers) is counted when they exit."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def _reap_orphans(timeout: float = 30.0) -> None:
+    """Wait (bounded) for every adopted descendant of the last run to exit, collecting its CPU time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # no children left
+        if pid == 0:
+            time.sleep(0.1)
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def embedded_rows(out: Path) -> int:
+    files = [
+        p
+        for p in out.rglob("*.parquet")
+        if not any(part.startswith("_") for part in p.relative_to(out).parts)
     ]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"the raeflow driver failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in files)
 
 
-def driver(data: str, bundle: str, out: str, batch_size: int, workers: int, worker_cpus: float) -> None:
-    """The measured raeflow driver: connect to a new local Ray, then time and watch `run_embed`."""
-    import ray
-    from ray.data import DataContext
+def raeflow_embed(data: Path, bundle: str, out: Path, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "raeflow.cli", "embed", "--data", str(data), "--model", bundle,
+            "--out", str(out), "--quiet", *extra]  # fmt: skip
 
-    from raeflow.batch.config import EmbedConfig, RunOptions
-    from raeflow.batch.embed import run_embed
 
-    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    DataContext.get_current().enable_progress_bars = False
-    options = RunOptions(batch_size=batch_size, workers=workers, worker_cpus=worker_cpus, quiet=True)
-    measured = {}
-    with PeakMemory() as memory:
-        for run in ("cold", "warm"):  # a new Ray's first job, then the same job again on that Ray
-            shutil.rmtree(out, ignore_errors=True)
-            started = time.perf_counter()
-            summary = run_embed(EmbedConfig(data=data, model=bundle, out=out, run=options))
-            measured[run] = time.perf_counter() - started
-            assert summary.images_out == summary.images_in, summary
-    ray.shutdown()
-    print(json.dumps({**measured, "rss": memory.rss, "private": memory.private}))
+def handwritten(script: str, data: Path, bundle: str, out: Path) -> list[str]:
+    return [
+        sys.executable,
+        str(HANDWRITTEN),
+        script,
+        "--data",
+        str(data),
+        "--model",
+        bundle,
+        "--out",
+        str(out),
+    ]
+
+
+def model_limit(bundle_model: torch.nn.Module, num_images: int, batch: int = 256) -> float:
+    """Images/s of the forward pass alone on decoded uint8 64x64 tensors, all cores."""
+    torch.set_num_threads(os.cpu_count() or 1)
+    pixels = torch.randint(0, 256, (batch, 3, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        bundle_model.embed(pixels.float() / 255)  # warm-up
+        started, done = time.perf_counter(), 0
+        while done < num_images:
+            bundle_model.embed(pixels.float() / 255)
+            done += batch
+    torch.set_num_threads(1)
+    return done / (time.perf_counter() - started)
+
+
+def _decode_raeflow(paths: list[str]) -> int:
+    for path in paths:
+        decode_fitted(Path(path).read_bytes(), 3, 64, 64)
+    return len(paths)
+
+
+def _decode_pil(paths: list[str]) -> int:
+    for path in paths:
+        with Image.open(path) as image:
+            np.asarray(image.convert("RGB").resize((64, 64), Image.Resampling.BILINEAR))
+    return len(paths)
+
+
+def decode_limit(paths: list[Path], decode) -> float:
+    """Images/s of decode + resize to 64x64 RGB alone, one process per core."""
+    cores = os.cpu_count() or 1
+    chunks = [[str(p) for p in paths[i::cores]] for i in range(cores)]
+    with multiprocessing.get_context("fork").Pool(cores) as pool:
+        pool.map(decode, [c[:20] for c in chunks])  # warm-up: imports, page cache
+        started = time.perf_counter()
+        done = sum(pool.map(decode, chunks))
+        return done / (time.perf_counter() - started)
+
+
+def load_line() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def embed_rows(args: argparse.Namespace, corpus: Path, bundle: str, work: Path) -> list[dict]:
+    runs = []
+    for data in (corpus / "wds", corpus / "folder"):
+        kind = "tars" if data.name == "wds" else "folder"
+        for label, command in (
+            ("(a) raeflow embed", raeflow_embed(data, bundle, work / "a", args.raeflow_args)),
+            ("(b) DataLoader script", handwritten("dataloader", data, bundle, work / "b")),
+            ("(c) Ray Data script", handwritten("raydata", data, bundle, work / "c")),
+        ):
+            out = Path(command[command.index("--out") + 1])
+            run = timed(f"{label}, {kind}", command, out)
+            run["rows"] = embedded_rows(out)
+            run["images_per_s"] = args.num_images / run["seconds"]
+            print(f"  {run['name']}: {run['seconds']:.1f}s, {run['rows']:,} rows ({load_line()})", flush=True)
+            runs.append(run)
+    return runs
+
+
+def print_embed_table(runs: list[dict], model_rate: float, decode_rates: dict[str, float], n: int) -> None:
+    decode_rate = decode_rates["decode_fitted"]
+    limit = 1 / (1 / model_rate + 1 / decode_rate)
+    print(f"\nembed {n:,} JPEG photos (320-640 px) with conv_dense_coco at 3x64x64, whole processes")
+    print(
+        f"{'run':<34} {'seconds':>8} {'images/s':>9} {'rows':>7} {'of limit':>9} {'driver RSS':>11} "
+        f"{'CPU s':>7} {'img/CPU-s':>10}"
+    )
+    for run in runs:
+        print(
+            f"{run['name']:<34} {run['seconds']:>8.1f} {run['images_per_s']:>9.0f} {run['rows']:>7,} "
+            f"{run['images_per_s'] / limit:>8.0%} {run['rss'] / 2**20:>8.0f} MiB "
+            f"{run['cpu']:>7.1f} {n / run['cpu']:>10.0f}"
+        )
+    print(f"{'(d) model forward alone':<34} {'':>8} {model_rate:>9.0f}")
+    for name, rate in decode_rates.items():
+        print(f"{'(d) decode+resize alone: ' + name:<34} {'':>8} {rate:>9.0f}")
+    print(f"{'pipeline limit 1/(1/model+1/decode)':<34} {'':>8} {limit:>9.0f}")
+    for measure, key in (("images/s", "images_per_s"), ("images per CPU-second", "per_cpu")):
+        by_name = {run["name"]: run[key] if key in run else n / run["cpu"] for run in runs}
+        for kind in ("tars", "folder"):
+            ours = by_name[f"(a) raeflow embed, {kind}"]
+            loader, ray_data = (
+                by_name[f"(b) DataLoader script, {kind}"],
+                by_name[f"(c) Ray Data script, {kind}"],
+            )
+            print(
+                f"ratios of {measure} on {kind}: raeflow/DataLoader {ours / loader:.2f}x, "
+                f"raeflow/Ray Data {ours / ray_data:.2f}x"
+            )
+
+
+def memory_scale(args: argparse.Namespace, bundle: str, work: Path) -> None:
+    """raeflow embed's driver memory at 10,000 and 100,000 images (tars of a 10k corpus repeated)."""
+    corpus = make_corpus(10_000)
+    print("\ndriver memory of raeflow embed as the job grows")
+    print(f"{'images':>8} {'seconds':>8} {'images/s':>9} {'driver RSS':>11} {'driver private':>15}")
+    for copies in (1, 10):
+        data = corpus / "wds" if copies == 1 else repeated_tars(corpus, copies)
+        out = work / f"mem-{copies}"
+        run = timed(f"{copies * 10_000}", raeflow_embed(data, bundle, out, args.raeflow_args), out)
+        images = copies * 10_000
+        print(
+            f"{images:>8,} {run['seconds']:>8.1f} {images / run['seconds']:>9.0f} "
+            f"{run['rss'] / 2**20:>8.0f} MiB {run['private'] / 2**20:>12.0f} MiB",
+            flush=True,
+        )
+
+
+def denoise_rows(args: argparse.Namespace, work: Path) -> None:
+    photos = megapixel_photos(args.denoise_photos)
+    bundle = save_bundle(create_model("unet_rgb"), str(work / "unet_rgb"))
+    pixels = sum(Image.open(p).size[0] * Image.open(p).size[1] for p in photos.glob("*.jpg"))
+    print(f"\ndenoise {args.denoise_photos} JPEG photos ({pixels / 1e6:.1f} megapixels in all) with unet_rgb")
+    for label, command in (
+        ("raeflow denoise", [sys.executable, "-m", "raeflow.cli", "denoise", "--data", str(photos),
+                             "--model", bundle, "--out", str(work / "dn-a"), "--quiet"]),
+        ("hand-written loop", handwritten("denoise", photos, bundle, work / "dn-b")),
+    ):  # fmt: skip
+        out = Path(command[command.index("--out") + 1])
+        run = timed(label, command, out)
+        written = len(list(out.glob("*.jpg")))
+        print(
+            f"{label:<20} {run['seconds']:>7.1f}s {pixels / 1e6 / run['seconds']:>6.2f} MP/s "
+            f"{written} files, {run['cpu']:.0f} CPU-s, driver RSS {run['rss'] / 2**20:,.0f} MiB "
+            f"({load_line()})",
+            flush=True,
+        )
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--driver":
-        data, bundle, out, batch_size, workers, worker_cpus = sys.argv[2:8]
-        driver(data, bundle, out, int(batch_size), int(workers), float(worker_cpus))
-        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
-    parser.add_argument("--shard-rows", type=int, default=2_000)
-    parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--workers", type=int, default=1, help="predictor actors")
-    parser.add_argument("--worker-cpus", type=float, default=1.0, help="CPUs reserved per predictor actor")
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each; the best speed is shown")
-    parser.add_argument("--keep", type=Path, default=None, help="keep the data and outputs in this folder")
+    parser.add_argument("--num-images", type=int, default=5000, help="photos in the corpus")
+    parser.add_argument("--denoise-photos", type=int, default=4, help="1-4 megapixel photos to denoise")
+    parser.add_argument("--skip-denoise", action="store_true")
+    parser.add_argument("--memory-scale", action="store_true", help="driver memory at 10k and 100k images")
+    parser.add_argument(
+        "--raeflow-args", nargs=argparse.REMAINDER, default=[], help="extra raeflow embed options"
+    )
     args = parser.parse_args()
 
-    work = args.keep or Path(tempfile.mkdtemp(prefix="raeflow-bench-"))
-    model = create_model("conv", in_channels=1, height=CROP, width=CROP, channels=[16, 8, 8])
-    bundle = save_bundle(model, str(work / "model"))
-    results = []
-    for size in args.sizes:
-        data = work / f"crops-{size}"
-        if not data.exists():
-            write_shards(data, size, args.shard_rows)
-        cold, warm, best_theirs, rss, private = 0.0, 0.0, 0.0, 0, 0
-        for repeat in range(args.repeats):
-            for name in (f"base-{size}", f"ray-{size}"):
-                shutil.rmtree(work / name, ignore_errors=True)
-            best_theirs = max(
-                best_theirs, size / run_baseline(data, bundle, work / f"base-{size}", args.batch_size)
-            )
-            ours = run_raeflow(
-                data, bundle, work / f"ray-{size}", args.batch_size, args.workers, args.worker_cpus
-            )
-            cold, warm = max(cold, size / ours["cold"]), max(warm, size / ours["warm"])
-            rss, private = max(rss, int(ours["rss"])), max(private, int(ours["private"]))
-            print(f"{size:,} images, run {repeat + 1}: {ours}", flush=True)
-        results.append((size, cold, warm, best_theirs, rss, private))
+    _become_subreaper()
+    print(f"{load_line()} at start")
+    corpus = make_corpus(args.num_images)
+    work = BENCH_OUT / "embed-runs"
+    work.mkdir(parents=True, exist_ok=True)
+    model = create_model("conv_dense_coco").eval()
+    bundle = save_bundle(model, str(work / "conv_dense_coco"))
+    paths = sorted((corpus / "folder").glob("*.jpg"))
 
-    header = (
-        "images",
-        "raeflow cold",
-        "raeflow warm",
-        "DataLoader",
-        "ratio cold",
-        "ratio warm",
-        "driver RSS",
-        "driver private",
-    )
-    print("\n" + " | ".join(f"{h:>14}" for h in header))
-    print("-" * 135)
-    for size, cold, warm, theirs, rss, private in results:
-        speeds = (
-            f"{cold:,.0f}/s",
-            f"{warm:,.0f}/s",
-            f"{theirs:,.0f}/s",
-            f"{cold / theirs:.2f}",
-            f"{warm / theirs:.2f}",
-        )
-        cells = (f"{size:,}", *speeds, f"{rss / 2**20:,.0f} MiB", f"{private / 2**20:,.0f} MiB")
-        print(" | ".join(f"{c:>14}" for c in cells))
-    print(
-        f"\n{os.cpu_count()} CPUs, batch {args.batch_size}, {args.workers} predictor actor(s), "
-        f"{args.shard_rows:,}-row shards"
-    )
-    if args.keep is None:
-        shutil.rmtree(work, ignore_errors=True)
-    else:
-        for size in args.sizes:
-            for name in (f"base-{size}", f"ray-{size}"):
-                shutil.rmtree(work / name, ignore_errors=True)
+    runs = embed_rows(args, corpus, bundle, work)
+    model_rate = model_limit(model, min(len(paths), 4096))
+    decode_rates = {
+        "decode_fitted": decode_limit(paths, _decode_raeflow),
+        "PIL open+resize": decode_limit(paths, _decode_pil),
+    }
+    print_embed_table(runs, model_rate, decode_rates, args.num_images)
+    if args.memory_scale:
+        memory_scale(args, bundle, work)
+    if not args.skip_denoise:
+        denoise_rows(args, work)
+    print(f"\n{load_line()} at the end")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,12 @@ import click
 @click.option(
     "--read-ahead", type=int, default=4, show_default=True, help="Input shards read ahead in parallel."
 )
+@click.option(
+    "--image-size",
+    metavar="H[xW]",
+    default=None,
+    help="Store every image resized to H x W as PNG: a training cache decoded once, not every epoch.",
+)
 def shard_command(
     src: str,
     out: str,
@@ -36,6 +42,7 @@ def shard_command(
     source_format: str | None,
     image_column: str | None,
     read_ahead: int,
+    image_size: str | None,
 ) -> None:
     """Pack the images of SRC into numbered shards under --out.
 
@@ -49,6 +56,7 @@ def shard_command(
       raeflow shard s3://bucket/photos --out s3://bucket/photos-wds --format webdataset --shard-size 5000
     """
     from raeflow.data.shard_writer import ShardSettings, iter_report_lines, pack_source
+    from raeflow.train.config import parse_image_size
 
     settings = ShardSettings(
         source=src,
@@ -58,6 +66,7 @@ def shard_command(
         source_format=source_format,
         image_column=image_column,
         read_ahead=read_ahead,
+        image_size=parse_image_size(image_size),
     )
     report = pack_source(settings, progress=lambda line: click.echo(line, err=True))
     for line in iter_report_lines(report):

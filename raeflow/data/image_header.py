@@ -12,6 +12,7 @@ import io
 import struct
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 RAW_MAGIC = b"\x89RAW"
 """First bytes of raeflow's raw-pixel form (see `images.encode_raw`); no image format starts so."""
@@ -47,6 +48,18 @@ class ImageHeader:
     """PNG colour type 3 (indexed colours)."""
     pillow_mode: str | None = None
     """Pillow's mode, for formats whose header Pillow read."""
+    orientation: int = 1
+    """EXIF Orientation (1 upright .. 8); `height` and `width` are as stored, before it is applied."""
+
+    @property
+    def transposed(self) -> bool:
+        """Whether applying `orientation` swaps height and width (EXIF 5 to 8: a quarter turn)."""
+        return self.orientation >= 5
+
+    @property
+    def upright_size(self) -> tuple[int, int]:
+        """(height, width) of the decoded image, which is turned upright: what a model sees."""
+        return (self.width, self.height) if self.transposed else (self.height, self.width)
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -101,7 +114,7 @@ def _png_header(data: bytes) -> ImageHeader:
 
 
 def _jpeg_header(data: bytes) -> ImageHeader:
-    pos, size = 2, len(data)
+    pos, size, orientation = 2, len(data), 1
     while pos < size:
         if data[pos] != 0xFF:
             raise HeaderError("read_error", f"JPEG marker expected at byte {pos}")
@@ -122,11 +135,34 @@ def _jpeg_header(data: bytes) -> ImageHeader:
             depth, height, width, channels = struct.unpack_from(">BHHB", data, pos + 2)
             if height == 0:
                 raise HeaderError("read_error", "JPEG whose height is set later (DNL marker)")
-            return ImageHeader("jpeg", height, width, channels, bit_depth=depth)
+            return ImageHeader("jpeg", height, width, channels, bit_depth=depth, orientation=orientation)
         if marker == 0xDA:
             raise HeaderError("read_error", "JPEG scan data before any frame header")
+        if marker == 0xE1 and data[pos + 2 : pos + 8] == b"Exif\0\0":  # APP1: EXIF before the frame
+            orientation = exif_orientation(data[pos + 8 : pos + length])
         pos += length
     raise HeaderError("truncated", "JPEG ends before its frame header")
+
+
+def exif_orientation(tiff: bytes) -> int:
+    """The Orientation tag (0x0112) of an EXIF block (a TIFF structure), 1 when absent or invalid.
+
+    Only IFD0 is read: the tag lives there, and a damaged block must never reject an image.
+    """
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return 1
+    order = "<" if tiff[:2] == b"II" else ">"
+    try:
+        (ifd,) = struct.unpack_from(order + "I", tiff, 4)
+        (count,) = struct.unpack_from(order + "H", tiff, ifd)
+        for entry in range(ifd + 2, min(ifd + 2 + 12 * count, len(tiff) - 11), 12):
+            tag, kind = struct.unpack_from(order + "HH", tiff, entry)
+            if tag == 0x0112 and kind == 3:  # SHORT, stored in the first two bytes of the value
+                (value,) = struct.unpack_from(order + "H", tiff, entry + 8)
+                return value if 1 <= value <= 8 else 1
+    except struct.error:
+        return 1
+    return 1
 
 
 def _pillow_header(data: bytes, fmt: str | None) -> ImageHeader:
@@ -139,6 +175,8 @@ def _pillow_header(data: bytes, fmt: str | None) -> ImageHeader:
                 width, height = img.size
                 mode = img.mode
                 name = (img.format or fmt or "unknown").lower()
+                # Pillow turns TIFFs upright itself (size included): nothing left to apply.
+                orientation = 1 if name == "tiff" else pillow_orientation(img)
     except UnidentifiedImageError as exc:
         if fmt is None:
             raise HeaderError("not_an_image", "no known image format") from exc
@@ -153,4 +191,15 @@ def _pillow_header(data: bytes, fmt: str | None) -> ImageHeader:
     if mode.startswith("I") or mode == "F":
         channels = 1
     depth = 16 if mode.startswith("I;16") else 32 if mode in ("I", "F") else 8
-    return ImageHeader(name, height, width, channels, bit_depth=depth, pillow_mode=mode)
+    return ImageHeader(
+        name, height, width, channels, bit_depth=depth, pillow_mode=mode, orientation=orientation
+    )
+
+
+def pillow_orientation(img: Any) -> int:
+    """EXIF Orientation of an opened Pillow image (WebP, TIFF, ...), 1 when it has none."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # EXIF is metadata: a broken block must never reject the image
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1

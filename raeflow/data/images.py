@@ -16,6 +16,13 @@ Choices made here (also in docs/data.md):
   converted to RGB.
 - The size is read from the header before decoding; more than `max_pixels` is `too_many_pixels`
   and a side shorter than `min_side` is `too_small`.
+- The EXIF Orientation tag is applied (a phone photo stored sideways comes out upright), so every
+  output written from the pixels is upright and carries no tag.
+- `decode_fitted` (fixed-size models) decodes a JPEG with libjpeg-turbo's DCT scaling (simplejpeg)
+  at the smallest power-of-two reduction that still covers the target, then resizes once:
+  `bench/decode.py` (CPU time, one core) measures 2.9x the images/s of a full decode + resize on
+  320-640 px colour photos and 3.8x on 1-4 megapixel ones (1.1-1.3x Pillow's `draft`, which does
+  the same through Pillow), at a mean difference of about 2 grey levels.
 """
 
 from __future__ import annotations
@@ -26,7 +33,14 @@ import warnings
 
 import numpy as np
 
-from raeflow.data.image_header import RAW_HEADER, RAW_MAGIC, HeaderError, ImageHeader, read_header
+from raeflow.data.image_header import (
+    RAW_HEADER,
+    RAW_MAGIC,
+    HeaderError,
+    ImageHeader,
+    pillow_orientation,
+    read_header,
+)
 
 # torchvision 0.29 warns on every call that its decoders will move to TorchCodec; they still work
 # and are what this module measures fastest, so say it once in the docs instead of per image.
@@ -48,6 +62,8 @@ REASONS = (
 """The stable slugs of `ImageRejected.reason`."""
 ENCODE_FORMATS = ("png", "jpeg", "webp")
 """Formats `encode_image` writes."""
+FIT_MODES = ("resize", "center_crop")
+"""How `fit_to_contract` and `decode_fitted` reach a fixed size."""
 
 
 class ImageRejected(Exception):
@@ -78,35 +94,12 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     min_side: int = DEFAULT_MIN_SIDE,
 ) -> np.ndarray:
-    """Decode encoded bytes (or the raw-pixel form) to `uint8 (H, W, C)`; C = `channels` if given,
-    else 1 for grey images and 3 for everything else."""
+    """Decode encoded bytes (or the raw-pixel form) to `uint8 (H, W, C)`, upright (EXIF orientation
+    applied); C = `channels` if given, else 1 for grey images and 3 for everything else."""
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be None, 1 or 3, not {channels!r}")
-    header = probe_image(data)
-    if header.height * header.width > max_pixels:
-        raise ImageRejected(
-            "too_many_pixels", f"{header.width}x{header.height} is more than {max_pixels:,} pixels"
-        )
-    if min(header.height, header.width) < min_side:
-        raise ImageRejected("too_small", f"{header.width}x{header.height} has a side under {min_side} pixels")
-    if header.bit_depth > 16:
-        raise ImageRejected(
-            "unsupported_mode", f"{header.bit_depth}-bit {header.format} ({header.pillow_mode})"
-        )
-    try:
-        if header.format == "raw":
-            pixels = _decode_raw(data, header)
-        elif header.format in ("jpeg", "webp"):
-            pixels = _decode_torchvision(data, header, channels)
-        else:
-            pixels = _decode_pillow(data, channels)
-    except ImageRejected:
-        raise
-    except Exception as exc:  # decoders raise RuntimeError, OSError, ValueError, MemoryError...
-        # torchvision prefixes its messages with the C++ source location: keep only the words.
-        detail = re.sub(r"^.*\.cpp:\d+, ", "", str(exc))
-        raise ImageRejected(_failure_reason(data, header, exc), detail) from None
-    return to_channels(pixels, channels)
+    header = _checked_header(data, max_pixels, min_side)
+    return to_channels(_decode_upright(data, header, channels), channels)
 
 
 def decode_fitted(
@@ -118,13 +111,118 @@ def decode_fitted(
     mode: str = "resize",
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
-    """Decode straight to a fixed model size: `uint8 (height, width, C)`; raises `ImageRejected`.
+    """Decode straight to a fixed model size: `uint8 (height, width, C)`, upright; raises `ImageRejected`.
 
-    The one entry point for fixed-size models (batch jobs, training), so a faster path (reduced-size
-    JPEG decoding, one resize step) serves them all.
+    The one entry point for fixed-size models (batch jobs, training). A JPEG is decoded at the
+    smallest DCT scale (1/2, 1/4, 1/8, ...) that still covers the target, so a 640x480 photo for a
+    64x64 model costs a 160x120 decode, then one resize. Other formats decode whole, then resize.
     """
-    pixels = decode_image(data, channels=channels, max_pixels=max_pixels)  # (H, W, C)
-    return fit_to_contract(pixels, height, width, mode=mode)  # (height, width, C)
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be None, 1 or 3, not {channels!r}")
+    if mode not in FIT_MODES:
+        raise ValueError(f"mode must be one of {', '.join(FIT_MODES)}, not {mode!r}")
+    header = _checked_header(data, max_pixels, DEFAULT_MIN_SIDE)
+    pixels = None
+    if header.format == "jpeg" and header.channels in (1, 3) and header.bit_depth == 8:
+        pixels = _decode_jpeg_reduced(data, header, channels, _cover_size(header, height, width, mode))
+    if pixels is None:  # other formats, and JPEGs libjpeg-turbo is strict about
+        pixels = _decode_upright(data, header, channels)  # (H, W, C)
+    fitted = fit_to_contract(pixels, height, width, mode=mode)  # (height, width, C)
+    return to_channels(fitted, channels)
+
+
+def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Pixels stored under EXIF `orientation` (1..8), turned upright as a viewer shows them
+    (a view where possible: callers copy)."""
+    if orientation == 2:
+        return pixels[:, ::-1]
+    if orientation == 3:
+        return pixels[::-1, ::-1]
+    if orientation == 4:
+        return pixels[::-1]
+    if orientation == 5:
+        return pixels.swapaxes(0, 1)
+    if orientation == 6:
+        return pixels.swapaxes(0, 1)[:, ::-1]  # stored turned a quarter left: turn right
+    if orientation == 7:
+        return pixels.swapaxes(0, 1)[::-1, ::-1]
+    if orientation == 8:
+        return pixels.swapaxes(0, 1)[::-1]
+    return pixels
+
+
+def _checked_header(data: bytes, max_pixels: int, min_side: int) -> ImageHeader:
+    """The header, once the size and depth limits hold; raises `ImageRejected` before any decoding."""
+    header = probe_image(data)
+    if header.height * header.width > max_pixels:
+        raise ImageRejected(
+            "too_many_pixels", f"{header.width}x{header.height} is more than {max_pixels:,} pixels"
+        )
+    if min(header.height, header.width) < min_side:
+        raise ImageRejected("too_small", f"{header.width}x{header.height} has a side under {min_side} pixels")
+    if header.bit_depth > 16:
+        raise ImageRejected(
+            "unsupported_mode", f"{header.bit_depth}-bit {header.format} ({header.pillow_mode})"
+        )
+    return header
+
+
+def _decode_upright(data: bytes, header: ImageHeader, channels: int | None) -> np.ndarray:
+    """Full-size pixels `(H, W[, C])` with the EXIF orientation applied; raises `ImageRejected`."""
+    try:
+        if header.format == "raw":
+            return _decode_raw(data, header)
+        if header.format in ("jpeg", "webp"):
+            return orient(_decode_torchvision(data, header, channels), header.orientation)
+        pixels, orientation = _decode_pillow(data, channels)
+        return orient(pixels, orientation)
+    except ImageRejected:
+        raise
+    except Exception as exc:  # decoders raise RuntimeError, OSError, ValueError, MemoryError...
+        # torchvision prefixes its messages with the C++ source location: keep only the words.
+        detail = re.sub(r"^.*\.cpp:\d+, ", "", str(exc))
+        raise ImageRejected(_failure_reason(data, header, exc), detail) from None
+
+
+def _cover_size(header: ImageHeader, height: int, width: int, mode: str) -> tuple[int, int]:
+    """The smallest (height, width), in the image's stored orientation, that `fit_to_contract`
+    can make the target from without enlarging: the target itself, or for `center_crop` the
+    scaled image that covers it."""
+    upright_h, upright_w = header.upright_size
+    need_h, need_w = height, width
+    if mode == "center_crop":
+        scale = max(height / upright_h, width / upright_w)
+        need_h, need_w = max(height, round(upright_h * scale)), max(width, round(upright_w * scale))
+    return (need_w, need_h) if header.transposed else (need_h, need_w)
+
+
+def _decode_jpeg_reduced(
+    data: bytes, header: ImageHeader, channels: int | None, at_least: tuple[int, int]
+) -> np.ndarray | None:
+    """A JPEG decoded by libjpeg-turbo at the smallest power-of-two DCT scale whose size is at least
+    `at_least` (stored orientation), upright; None when libjpeg-turbo refuses the file (corrupt
+    data, a truncated scan, a warning): the full decoder then decides, as for any other image."""
+    import simplejpeg
+
+    # Power-of-two scales only: libjpeg-turbo has SIMD inverse DCTs for 1/2 and 1/4, and its other
+    # M/8 scales (3/8, 5/8, ...) measured slower here than the next larger power of two.
+    need_h, need_w = at_least
+    factor = 8
+    while factor > 1 and (
+        _ceil_div(header.height, factor) < need_h or _ceil_div(header.width, factor) < need_w
+    ):
+        factor //= 2
+    grey = header.channels == 1 or channels == 1  # libjpeg's grey output is the luma plane itself
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            data,
+            colorspace="GRAY" if grey else "RGB",
+            min_height=_ceil_div(header.height, factor),
+            min_width=_ceil_div(header.width, factor),
+        )  # (h, w, C)
+    except ValueError:
+        return None
+    return orient(pixels, header.orientation)
 
 
 def to_channels(pixels: np.ndarray, channels: int | None = None) -> np.ndarray:
@@ -183,7 +281,7 @@ def encode_image(pixels: np.ndarray, fmt: str = "png", *, quality: int = 95) -> 
 def fit_to_contract(pixels: np.ndarray, height: int, width: int, mode: str = "resize") -> np.ndarray:
     """`(H, W, C)` -> `(height, width, C)`: `resize` stretches to the size, `center_crop` scales so
     the image covers the size (keeping its aspect) and cuts the centre out. Same size: unchanged."""
-    if mode not in ("resize", "center_crop"):
+    if mode not in FIT_MODES:
         raise ValueError(f"mode must be 'resize' or 'center_crop', not {mode!r}")
     h, w, c = pixels.shape
     if (h, w) == (height, width):
@@ -205,6 +303,11 @@ def _resize(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
     image = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels)
     resized = np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
     return resized.reshape(height, width, channels)
+
+
+def _ceil_div(size: int, factor: int) -> int:
+    """libjpeg's size of a `size`-pixel side decoded at 1/`factor`."""
+    return -(-size // factor)
 
 
 def _decode_raw(data: bytes, header: ImageHeader) -> np.ndarray:
@@ -238,16 +341,21 @@ _PILLOW_CONVERT = {"1": "L", "P": "RGBA", "PA": "RGBA", "La": "LA", "RGBa": "RGB
 _PILLOW_CONVERT |= {"YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "RGBX": "RGB"}
 
 
-def _decode_pillow(data: bytes, channels: int | None) -> np.ndarray:
+def _decode_pillow(data: bytes, channels: int | None) -> tuple[np.ndarray, int]:
+    """Pixels as stored, and the EXIF orientation to apply to them."""
     from PIL import Image
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Image.open(io.BytesIO(data)) as opened:
             opened.seek(0)
+            opened.load()
+            # Read after loading: Pillow turns some formats (TIFF) upright while loading and then
+            # drops the tag, so what is left is exactly what remains to apply.
+            orientation = pillow_orientation(opened)
             if opened.mode.startswith("I;16"):
                 wide = np.asarray(opened).astype(np.uint32)  # (H, W) 16-bit
-                return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+                return ((wide * 255 + 32767) // 65535).astype(np.uint8), orientation
             image: Image.Image = opened
             if image.mode in _PILLOW_CONVERT:
                 image = image.convert(_PILLOW_CONVERT[image.mode])
@@ -257,7 +365,7 @@ def _decode_pillow(data: bytes, channels: int | None) -> np.ndarray:
             wanted = {1: "L", 3: "RGB"}.get(channels or 0)
             if wanted and image.mode in ("L", "RGB") and image.mode != wanted:
                 image = image.convert(wanted)
-            return np.asarray(image)
+            return np.asarray(image), orientation
 
 
 def _composite_over_white(pixels: np.ndarray) -> np.ndarray:

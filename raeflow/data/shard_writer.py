@@ -12,6 +12,11 @@ Images already in JPEG, PNG or WebP are checked (decoded once) and copied byte f
 (MNIST, CIFAR, STL-10, builtin) and other formats (BMP, TIFF, GIF) are written as PNG, so any tool
 reads the shards. The same source and options give byte-identical shards.
 
+With `image_size` (`--image-size 64x64`) the shards are a training cache: every image is decoded
+once here, fitted to that size exactly as training fits it (`decode_fitted`, resize, upright, its
+own channels) and stored as PNG (lossless), so an epoch over the cache decodes a 64x64 PNG instead
+of a full-size JPEG and sees the same pixels.
+
 Why no Ray here: the output is a single ordered stream (shard `i` holds rows `i*N .. i*N+N-1` of the
 source), which one writer produces trivially and deterministically, and the work is I/O plus a light
 check per image. A few threads read the next input shards ahead (`read_ahead`) so reading overlaps
@@ -32,7 +37,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raeflow import __version__
-from raeflow.data.images import DEFAULT_MAX_PIXELS, ImageRejected, decode_image, encode_image, probe_image
+from raeflow.data.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageRejected,
+    decode_fitted,
+    decode_image,
+    encode_image,
+    probe_image,
+)
 from raeflow.data.shard_formats import SHARD_FILES, ShardFile
 from raeflow.data.shard_reading import ordered_batches
 from raeflow.data.sources import Source, open_source
@@ -73,8 +85,12 @@ class ShardSettings:
     """Images larger than this (height x width) are rejected."""
     read_ahead: int = 4
     """Input shards read concurrently ahead of the writer (threads)."""
+    image_size: tuple[int, int] | None = None
+    """Store every image resized to H x W as PNG: a training cache decoded once, not every epoch."""
 
     def __post_init__(self) -> None:
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 2):
+            raise ConfigError(f"--image-size must be at least 2x2, not {self.image_size!r}")
         if self.format not in SHARD_FILES:
             raise ConfigError(f"--format must be one of {', '.join(SHARD_FILES)}, not {self.format!r}")
         if self.shard_size < 1:
@@ -123,8 +139,16 @@ def key_problem(key: str, *, webdataset: bool) -> str | None:
     return None
 
 
-def prepare_image(data: bytes, *, max_pixels: int) -> tuple[bytes, str]:
-    """The bytes and extension to store for one encoded image; raises `ImageRejected`."""
+def prepare_image(
+    data: bytes, *, max_pixels: int, image_size: tuple[int, int] | None = None
+) -> tuple[bytes, str]:
+    """The bytes and extension to store for one encoded image (fitted to `image_size` when given);
+    raises `ImageRejected`."""
+    if image_size is not None:
+        fitted = decode_fitted(
+            data, None, *image_size, max_pixels=max_pixels
+        )  # (H, W, C) as training sees it
+        return encode_image(fitted, "png"), "png"
     header = probe_image(data)
     pixels = decode_image(data, max_pixels=max_pixels)  # every stored image is known to decode
     if header.format in COPIED_FORMATS:
@@ -144,7 +168,9 @@ def _prepare(batch: pa.Table, settings: ShardSettings) -> list[_Row]:
         data, fmt = b"", ""
         if reason is None:
             try:
-                data, fmt = prepare_image(image, max_pixels=settings.max_pixels)
+                data, fmt = prepare_image(
+                    image, max_pixels=settings.max_pixels, image_size=settings.image_size
+                )
             except ImageRejected as err:
                 reason = str(err)
         rows.append(_Row(key, source, data, fmt, label, reason))

@@ -205,3 +205,40 @@ def test_decoded_pixels_are_writable_and_contiguous(
     pixels = decode_image(data, channels=channels)
     assert pixels.flags.writeable and pixels.flags.c_contiguous
     pixels += 1  # in place, as noise does
+
+
+@pytest.mark.parametrize("channels", [None, 1, 3])
+@pytest.mark.parametrize("stored", ["RGB", "L"])
+def test_fitted_jpeg_is_a_reduced_decode_close_to_full_decode_then_resize(
+    photo: np.ndarray, channels: int | None, stored: str
+) -> None:
+    big = Image.fromarray(photo).resize((640, 480), Image.Resampling.BICUBIC).convert(stored)
+    data = pillow_bytes(big, "JPEG", quality=90)
+    fitted = images.decode_fitted(data, channels, 64, 64)
+    reference = fit_to_contract(decode_image(data, channels=channels), 64, 64)
+    assert fitted.shape == reference.shape == (64, 64, channels or (1 if stored == "L" else 3))
+    assert np.abs(fitted.astype(int) - reference).mean() < 4
+    assert fitted.flags.writeable and fitted.flags.c_contiguous
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda p: pillow_bytes(Image.fromarray(p), "JPEG")[:2000], "truncated"),
+        (lambda p: pillow_bytes(Image.fromarray(p), "JPEG")[:300], "truncated"),
+        (lambda p: pillow_bytes(Image.fromarray(p[:1, :5]), "JPEG"), "too_small"),
+        (lambda p: png_claiming(100_000, 100_000), "too_many_pixels"),
+        (lambda p: b"\xff\xd8\xff" + b"\x00" * 50, "read_error"),
+    ],
+)
+def test_fitted_decode_rejects_like_the_full_decode(photo: np.ndarray, make, reason: str) -> None:
+    with pytest.raises(ImageRejected) as info:
+        images.decode_fitted(make(photo), 3, 32, 32)
+    assert info.value.reason == reason
+
+
+def test_fitted_decode_checks_the_pixel_limit_from_the_header(photo: np.ndarray) -> None:
+    data = pillow_bytes(Image.fromarray(photo), "JPEG")
+    with pytest.raises(ImageRejected, match="too_many_pixels"):
+        images.decode_fitted(data, 3, 32, 32, max_pixels=96 * 128 - 1)
+    assert images.decode_fitted(data, 3, 32, 32, max_pixels=96 * 128).shape == (32, 32, 3)

@@ -296,3 +296,42 @@ def test_a_source_failure_stops_the_run_without_an_index(
         pack_source(ShardSettings(source=str(tmp_path / "src"), out=str(out), shard_size=6, read_ahead=3))
     assert not (out / "_index.json").exists()
     assert (out / "shard-00004.parquet").exists()  # shards before the failure were finished
+
+
+def test_image_size_writes_a_training_cache_with_the_pixels_training_would_decode(tmp_path: Path) -> None:
+    from raeflow.data.images import decode_fitted
+
+    photo = skimage.data.astronaut()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    originals = {}
+    for i, (size, mode, orientation) in enumerate(
+        [((640, 480), "RGB", 1), ((480, 360), "RGB", 6), ((400, 320), "L", 1), ((500, 500), "RGBA", 1)]
+    ):
+        image = Image.fromarray(photo).resize(size).convert(mode)
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        out = io.BytesIO()
+        image.save(out, "PNG" if mode == "RGBA" else "JPEG", exif=exif)
+        originals[f"p{i}"] = out.getvalue()
+        (folder / f"p{i}.{'png' if mode == 'RGBA' else 'jpg'}").write_bytes(out.getvalue())
+
+    result = CliRunner().invoke(
+        main, ["shard", str(folder), "--out", str(tmp_path / "cache"), "--image-size", "48x64"]
+    )
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(tmp_path / "cache" / "shard-00000.parquet")
+    assert table.column("format").to_pylist() == ["png"] * 4
+    for key, data in zip(table.column("key").to_pylist(), table.column("image").to_pylist(), strict=True):
+        cached = decode_image(data)
+        expected = decode_fitted(originals[key], None, 48, 64)  # what training decodes from the original
+        assert np.array_equal(cached, expected), key
+        assert np.array_equal(decode_fitted(data, 3, 48, 64), decode_fitted(originals[key], 3, 48, 64)), key
+    assert decode_image(table.column("image")[2].as_py()).shape == (48, 64, 1)  # grey stays grey
+    index = json.loads((tmp_path / "cache" / "_index.json").read_text())
+    assert index["settings"]["image_size"] == [48, 64]
+
+    bad = CliRunner().invoke(
+        main, ["shard", str(folder), "--out", str(tmp_path / "c2"), "--image-size", "0x0"]
+    )
+    assert bad.exit_code == 2 and bad.output.startswith("error: ") and "--image-size" in bad.output
