@@ -39,11 +39,11 @@ from raeflow.data.sources import open_source
 from raeflow.errors import ConfigError, JobError
 from raeflow.models import create_model
 from raeflow.models.bundle import read_bundle_meta
-from raeflow.train.batches import DecodeForTraining
+from raeflow.train.batches import DecodeForTraining, shuffle_rows
+from raeflow.train.checkpoints import CHECKPOINTS_DIR, checkpoint_name
 from raeflow.train.config import TrainConfig
 from raeflow.train.loop import FAIL_AT_ENV, FAIL_MARKER_ENV, train_worker
 from raeflow.train.metrics_log import MetricsLog, format_epoch
-from raeflow.train.plain import CHECKPOINTS_DIR, checkpoint_name
 from raeflow.train.plan import RunPlan, plan_run
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
@@ -85,7 +85,7 @@ class RayRuntime:
         shuffle = split == "train"
         return ray.train.get_dataset_shard(split).iter_torch_batches(
             batch_size=self.config.batch_size,
-            local_shuffle_buffer_size=self.config.batch_size * 4 if shuffle else None,
+            local_shuffle_buffer_size=shuffle_rows(self.config) if shuffle else None,
             local_shuffle_seed=self.config.seed * 7919 + epoch * 131 + self.rank if shuffle else None,
             device=self.device,
         )
@@ -168,6 +168,10 @@ def build_datasets(config: TrainConfig, source, plan: RunPlan) -> dict[str, Any]
             height=plan.height,
             width=plan.width,
             val_fraction=config.val_fraction,
+            patch_size=config.patch_size,
+            patches=config.patches_per_image,
+            augment=config.augment,
+            seed=None,  # Ray Data reruns the map every epoch: fresh patches each time
         )
         datasets[split] = rows.map_batches(decode, batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
     return datasets

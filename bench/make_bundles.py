@@ -1,0 +1,140 @@
+"""Make the pretrained bundles shipped in `raeflow/bundles/` with `raeflow train` (Ray Train, local Ray).
+
+    python bench/make_bundles.py                 # prepare data, train all three, measure, install
+    python bench/make_bundles.py --only denoise-grey --stage train
+    python bench/make_bundles.py --stage install # measure finished runs and copy them into the package
+    make bundles                                 # the same as the first line
+
+Stages:
+- `prepare`: the colour training folder (`bench-out/bundles/rgb-train/`): Train400 (grey, read as
+  RGB) plus 96x96 tiles of the scikit-image colour photos of `RGB_TRAIN_PHOTOS`. The photos of
+  `RGB_TEST_PHOTOS` are never used for training: they are the colour model's held-out test.
+- `train`: `raeflow train ...` per bundle exactly as `COMMANDS` lists (runs in `bench-out/bundles/<name>/`).
+- `install`: measures each finished model (grey: BSD68 and Set12 at sigma 15/25/50 by the benchmark
+  README's protocol; colour: crops of the held-out photos at sigma 5/15/25/50; MNIST: the held-out
+  validation digits), records the numbers, the training command and the held-out sample the test
+  uses in `bundle.json` (beside the weights' checksum, which it leaves alone), and copies the
+  bundle to `raeflow/bundles/<name>/`.
+
+Training data is only Train400 and scikit-image's photographs (and MNIST for `mnist-conv`); BSD68
+and Set12 are test sets only. Run from the repository root; the benchmark data is found at
+`../shared/benchmarks/denoise` (or `$RAEFLOW_DENOISE_BENCH`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench-out" / "bundles"
+PACKAGE = ROOT / "raeflow" / "bundles"
+BENCH = Path(os.environ.get("RAEFLOW_DENOISE_BENCH", ROOT.parent / "shared" / "benchmarks" / "denoise"))
+
+RGB_TRAIN_PHOTOS = ("chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
+"""scikit-image colour photos whose tiles the colour model trains on."""
+RGB_TEST_PHOTOS = ("astronaut", "coffee")
+"""scikit-image colour photos the colour model never sees: its held-out test (and the test suite's)."""
+TILE = 96
+"""Side of the colour training tiles (so each photo gives many keys, hence many patches per epoch)."""
+
+GREY_NOISE = "gaussian:0-0.2:unclipped"
+"""sigma 0-51 on the 0-255 scale, unclipped like the benchmark protocol."""
+RGB_NOISE = "gaussian:0-0.2"
+"""sigma 0-51, clipped like the noise of a saved 8-bit photo."""
+
+
+def _train(name: str, data: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "raeflow.cli", "train", "--data", data, "--out", str(OUT / name), *args]
+
+
+COMMANDS: dict[str, list[str]] = {
+    "denoise-grey": _train(
+        "denoise-grey", str(BENCH / "Train400"),
+        "--model", "denoiser", "--preset", "denoise_grey", "--patch-size", "64", "--patches-per-image", "16",
+        "--denoise", GREY_NOISE, "--epochs", "15", "--batch-size", "16", "--lr", "1e-3",
+        "--grid-steps", "1000,5000",
+    ),
+    "denoise-rgb": _train(
+        "denoise-rgb", str(OUT / "rgb-train"),
+        "--model", "denoiser", "--preset", "denoise_rgb", "--patch-size", "64", "--patches-per-image", "12",
+        "--denoise", RGB_NOISE, "--epochs", "15", "--batch-size", "16", "--lr", "1e-3",
+        "--grid-steps", "1000,5000",
+    ),
+    "mnist-conv": _train(
+        "mnist-conv", "builtin:mnist", "--model", "conv", "--epochs", "6", "--batch-size", "64",
+    ),
+}  # fmt: skip
+"""The recorded `raeflow train` command of each shipped bundle."""
+
+
+def prepare_rgb_data() -> Path:
+    """Write the colour training folder: Train400 PNGs and tiles of `RGB_TRAIN_PHOTOS`."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    folder = OUT / "rgb-train"
+    if folder.exists():
+        shutil.rmtree(folder)
+    (folder / "train400").mkdir(parents=True)
+    (folder / "photos").mkdir()
+    for path in sorted((BENCH / "Train400").glob("*.png")):
+        shutil.copyfile(path, folder / "train400" / path.name)
+    for name in RGB_TRAIN_PHOTOS:
+        pixels = getattr(skdata, name)()[..., :3]  # (H, W, 3) uint8
+        if name == "retina":  # 1411x1411, mostly black border: half size, keep the fundus
+            pixels = np.asarray(Image.fromarray(pixels).resize((705, 705), Image.Resampling.BICUBIC))
+        h, w = pixels.shape[:2]
+        for top in range(0, h - TILE + 1, TILE):
+            for left in range(0, w - TILE + 1, TILE):
+                tile = pixels[top : top + TILE, left : left + TILE]
+                if tile.mean() < 8:  # black background only
+                    continue
+                Image.fromarray(tile).save(folder / "photos" / f"{name}-{top:04d}-{left:04d}.png")
+    return folder
+
+
+def train(name: str) -> None:
+    """Run the recorded training command of one bundle, logging to bench-out/bundles/<name>.log."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    command = COMMANDS[name]
+    log = OUT / f"{name}.log"
+    print(f"[{name}] {shlex.join(command)}\n  log: {log}", flush=True)
+    start = time.time()
+    with open(log, "w") as handle:
+        subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+    print(f"[{name}] trained in {time.time() - start:.0f} s", flush=True)
+
+
+def install(name: str) -> None:
+    """Measure a finished run, record it in its bundle.json and copy the bundle into the package."""
+    raise NotImplementedError
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", choices=sorted(COMMANDS), help="bundle(s) to make")
+    parser.add_argument("--stage", choices=("prepare", "train", "install", "all"), default="all")
+    args = parser.parse_args()
+    names = args.only or list(COMMANDS)
+    if args.stage in ("prepare", "all") and "denoise-rgb" in names:
+        print(f"colour training data: {prepare_rgb_data()}")
+    if args.stage in ("train", "all"):
+        for name in names:
+            train(name)
+    if args.stage in ("install", "all"):
+        for name in names:
+            install(name)
+
+
+if __name__ == "__main__":
+    main()
