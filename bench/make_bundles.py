@@ -115,9 +115,101 @@ def train(name: str) -> None:
     print(f"[{name}] trained in {time.time() - start:.0f} s", flush=True)
 
 
+def _portable(value):
+    """Paths of this checkout written relative to the repository (bundle.json is shipped)."""
+    if isinstance(value, str):
+        return value.replace(str(BENCH), "../shared/benchmarks/denoise").replace(str(ROOT) + "/", "")
+    if isinstance(value, dict):
+        return {key: _portable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_portable(item) for item in value]
+    return value
+
+
+def _training_facts(name: str) -> dict:
+    """Wall time and speed of the run from its metrics.jsonl."""
+    records = [json.loads(line) for line in (OUT / name / "metrics.jsonl").read_text().splitlines() if line]
+    seconds = sum(r["epoch_seconds"] for r in records)
+    images = sum(r["train_images"] for r in records)
+    return {
+        "command": _portable(shlex.join(["raeflow", *COMMANDS[name][3:]])),
+        "made_by": "bench/make_bundles.py (make bundles)",
+        "wall_seconds": round(seconds, 1),
+        "train_images_seen": images,
+        "images_per_s": round(images / max(1e-9, sum(r["train_seconds"] for r in records)), 1),
+        "machine": f"{os.cpu_count()} CPU cores (shared), no GPU",
+        "last_epoch": {k: records[-1][k] for k in ("epoch", "val_psnr", "val_ssim") if k in records[-1]}
+        | ({"val_noisy_psnr": records[-1]["val_noisy_psnr"]} if "val_noisy_psnr" in records[-1] else {}),
+    }
+
+
+def _benchmark(name: str, model_dir: Path) -> tuple[dict, str]:
+    """PSNR/SSIM on the benchmark sets (grey), the held-out colour crops (rgb) or MNIST validation."""
+    sys.path.insert(0, str(ROOT))
+    from bench import denoise_quality as dq
+
+    results: dict = {}
+    if name == "denoise-grey":
+        dq.run_grey({"ours": dq.Ours(str(model_dir), threads=2)}, 1, results)
+        table = {k.removeprefix("grey/").removesuffix("/ours"): _brief(v) for k, v in results.items()}
+        bsd25 = results["grey/BSD68/25/ours"]["psnr"]
+        summary = f"BSD68 sigma 25: {bsd25:.2f} dB PSNR (BM3D published 28.57)"
+    elif name == "denoise-rgb":
+        dq.run_rgb({"ours": dq.Ours(str(model_dir), threads=2)}, results)
+        table = {k.removeprefix("rgb/").removesuffix("/ours"): _brief(v) for k, v in results.items()}
+        c25 = results["rgb/crops/25/ours"]
+        summary = f"held-out colour crops sigma 25: {c25['psnr']:.2f} dB (noisy {c25['noisy_psnr']:.2f})"
+    else:
+        meta = json.loads((model_dir / "bundle.json").read_text())
+        table = {"builtin:mnist validation": {"psnr": meta["metrics"]["val_psnr"], "ssim": meta["metrics"]["val_ssim"]}}
+        summary = f"MNIST validation: {meta['metrics']['val_psnr']:.2f} dB reconstruction PSNR"
+    if results:  # the quality bench reuses these rows
+        path = ROOT / "bench-out" / "denoise_quality.json"
+        merged = json.loads(path.read_text()) if path.exists() else {}
+        path.write_text(json.dumps(merged | results, indent=1))
+    return table, summary
+
+
+def _brief(result: dict) -> dict:
+    keys = ("psnr", "ssim", "noisy_psnr", "seconds_per_image", "images")
+    return {key: round(result[key], 4) if isinstance(result[key], float) else result[key] for key in keys}
+
+
 def install(name: str) -> None:
     """Measure a finished run, record it in its bundle.json and copy the bundle into the package."""
-    raise NotImplementedError
+    import torch
+
+    from raeflow.bundles import HELDOUT_CROPS, HELDOUT_SEED, HELDOUT_SIGMA, heldout_psnr
+    from raeflow.models import load_bundle
+
+    torch.set_num_threads(2)
+    source = OUT / name / "model"
+    bundle = load_bundle(str(source))
+    benchmark, summary = _benchmark(name, source)
+    heldout = {
+        "psnr": round(heldout_psnr(name, bundle.model), 4),
+        "sample": "first 64 builtin:mnist validation digits, clean"
+        if name == "mnist-conv"
+        else f"96x96 crops {HELDOUT_CROPS[name]} of scikit-image photos, sigma {HELDOUT_SIGMA:g} "
+        f"unclipped, seed {HELDOUT_SEED}",
+    }
+    meta = json.loads((source / "bundle.json").read_text())
+    meta["training"] = _portable(meta["training"]) | _training_facts(name)
+    meta["settings"] = _portable(meta["settings"])
+    meta["benchmark"] = benchmark
+    meta["heldout"] = heldout
+    meta["summary"] = summary
+    if name == "denoise-rgb":
+        meta["training"]["held_out_photos"] = list(RGB_TEST_PHOTOS)
+        meta["training"]["photos"] = list(RGB_TRAIN_PHOTOS)
+    target = PACKAGE / name
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    shutil.copyfile(source / "weights.safetensors", target / "weights.safetensors")
+    (target / "bundle.json").write_text(json.dumps(meta, indent=2) + "\n")
+    check = load_bundle(f"builtin:{name}")  # checksum and architecture verified again
+    print(f"[{name}] installed {target} ({check.model.num_parameters} parameters): {summary}", flush=True)
 
 
 def main() -> None:

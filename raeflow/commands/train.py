@@ -88,6 +88,8 @@ def train_command(**options) -> None:
     out = config.out.rstrip("/")
     click.echo(f"  metrics: {out}/metrics.jsonl  grids: {out}/grids/  checkpoints: {out}/checkpoints/")
     click.echo(f"model bundle: {summary.bundle}")
+    if summary.warning:
+        click.echo(summary.warning)
 
 
 @click.command("sample")

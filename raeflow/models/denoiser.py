@@ -14,7 +14,8 @@ on (`raeflow train --denoise gaussian:0-0.2`). Odd heights and widths are padded
 repeated) to even and cropped back.
 
 The "code" is the denoised image in the folded layout: `encode(x)` is `(B, 4C, H/2, W/2)` and
-`decode(z)` unfolds it, so `decode(encode(x))` equals `forward(x)["recon"]` (for even sizes).
+`decode(z)` unfolds it and clips to [0, 1], so `decode(encode(x))` equals `forward(x)["recon"]` (for
+even sizes).
 `embed(x)` averages the last hidden feature map over space: one `channels`-vector per image.
 
     model = create_model("denoise_grey")
@@ -85,7 +86,7 @@ class ResidualDenoiser(Autoencoder):
         return folded - self.head(features)  # the denoised image, folded: (B, 4C, ceil(H/2), ceil(W/2))
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return F.pixel_shuffle(z, FOLD)  # (B, C, 2h, 2w)
+        return F.pixel_shuffle(z, FOLD).clamp(0.0, 1.0)  # (B, C, 2h, 2w), clipped to valid pixels
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         return self._features(x)[1].mean(dim=(2, 3))  # (B, channels), whatever the image size
@@ -93,7 +94,7 @@ class ResidualDenoiser(Autoencoder):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         h, w = x.shape[-2:]
         z = self.encode(x)
-        recon = self.decode(z)[..., :h, :w]  # crop the padding back off; not clamped (residual output)
+        recon = self.decode(z)[..., :h, :w]  # crop the padding back off
         return {"recon": recon, "z": z}
 
 

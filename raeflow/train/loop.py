@@ -74,6 +74,20 @@ class WorkerRuntime(Protocol):
         ...
 
 
+def worse_than_input(record: dict[str, Any]) -> str | None:
+    """A plain warning, with what to try, when a denoising run's model ends worse than its noisy input
+    (validation PSNR below the noisy input's own); None otherwise."""
+    psnr, noisy = record.get("val_psnr"), record.get("val_noisy_psnr")
+    if psnr is None or noisy is None or psnr >= noisy:
+        return None
+    return (
+        f"warning: the model ends WORSE than its input: validation PSNR {psnr:.2f} dB against "
+        f"{noisy:.2f} dB for the noisy images themselves, so using it would damage images. Try more "
+        "--epochs; a residual denoiser, which starts from the input (--model denoiser --preset "
+        "denoise_grey or denoise_rgb); --patch-size 64 for photos; or a lower --lr"
+    )
+
+
 def lr_for_epoch(config: TrainConfig, epoch: int) -> float:
     """Cosine schedule over epochs 1..config.epochs, from --lr down to MIN_LR_FACTOR * --lr."""
     progress = (epoch - 1) / max(1, config.epochs - 1)

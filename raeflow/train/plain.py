@@ -29,7 +29,7 @@ from raeflow.errors import RaeflowError
 from raeflow.train.batches import DecodeForTraining, iter_plain_batches, shuffle_rows
 from raeflow.train.checkpoints import CHECKPOINTS_DIR, checkpoint_name
 from raeflow.train.config import TrainConfig, field_help, parse_image_size, parse_model_args, parse_steps
-from raeflow.train.loop import train_worker
+from raeflow.train.loop import train_worker, worse_than_input
 from raeflow.train.metrics_log import format_epoch
 from raeflow.train.plan import RunPlan, plan_run
 
@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"model bundle: {config.out.rstrip('/')}/model  (last epoch {record.get('epoch', '?')})")
+    warning = worse_than_input(record)
+    if warning:
+        print(warning)
 
 
 if __name__ == "__main__":

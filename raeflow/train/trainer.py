@@ -42,7 +42,7 @@ from raeflow.models.bundle import read_bundle_meta
 from raeflow.train.batches import DecodeForTraining, shuffle_rows
 from raeflow.train.checkpoints import CHECKPOINTS_DIR, checkpoint_name
 from raeflow.train.config import TrainConfig
-from raeflow.train.loop import FAIL_AT_ENV, FAIL_MARKER_ENV, train_worker
+from raeflow.train.loop import FAIL_AT_ENV, FAIL_MARKER_ENV, train_worker, worse_than_input
 from raeflow.train.metrics_log import MetricsLog, format_epoch
 from raeflow.train.plan import RunPlan, plan_run
 
@@ -68,6 +68,8 @@ class TrainSummary:
     """Wall time of this command's training."""
     last: dict[str, Any] = field(default_factory=dict)
     """The last epoch's metrics record."""
+    warning: str | None = None
+    """Set when the model ends worse than its noisy input (`loop.worse_than_input`), with what to try."""
 
 
 class RayRuntime:
@@ -300,4 +302,5 @@ def run_training(config: TrainConfig, echo=print) -> TrainSummary:
         resumed_from=resumed_from,
         seconds=time.perf_counter() - start,
         last=records[-1] if records else {},
+        warning=worse_than_input(records[-1]) if records else None,
     )
