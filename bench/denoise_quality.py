@@ -211,9 +211,16 @@ def fmt(r: dict) -> str:
 
 def table(results: dict) -> str:
     """Markdown tables: grey with the published numbers beside ours, colour, and the light-noise rows."""
-    names = {"ours": "raeflow denoise-grey (blind)", "bm3d": "BM3D (this machine)", "nlm": "NLM (this machine)"}
+    names = {
+        "ours": "raeflow denoise-grey (blind)",
+        "bm3d": "BM3D (this machine)",
+        "nlm": "NLM (this machine)",
+    }
     lines = ["### Grey: BSD68 and Set12, PSNR (dB) / SSIM, seconds per image", ""]
-    lines += ["| set | method | σ=15 | σ=25 | σ=50 | s/image | images |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "| set | method | σ=15 | σ=25 | σ=50 | s/image | images |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for set_name in ("BSD68", "Set12"):
         for method in ("ours", "bm3d", "nlm"):
             cells, secs, count = [], [], ""
@@ -222,7 +229,9 @@ def table(results: dict) -> str:
                 cells.append(f"{r['psnr']:.2f} / {r['ssim']:.3f}" if r else "–")
                 if r:
                     secs.append(r["seconds_per_image"])
-                    count = f"{r['images']}/{r['of']}" + (f" (every {r['every']}th)" if r["every"] > 1 else "")
+                    count = f"{r['images']}/{r['of']}" + (
+                        f" (every {r['every']}th)" if r["every"] > 1 else ""
+                    )
             sec = f"{np.mean(secs):.2f}" if secs else "–"
             lines.append(f"| {set_name} | {names[method]} | {' | '.join(cells)} | {sec} | {count} |")
         for (published_set, method), values in PUBLISHED.items():
@@ -238,7 +247,11 @@ def table(results: dict) -> str:
             worse = "–" if sigma == 0 else f"{r['worse_than_input']}/{r['images']}"
             lines.append(f"| {sigma} | {noisy} | {r['psnr']:.2f} | {worse} |")
     rgb_names = {"ours": "raeflow denoise-rgb (blind)", "bm3d": "CBM3D", "nlm": "NLM (colour)"}
-    lines += ["", "### Colour: 4 held-out 256x256 crops (astronaut, coffee), noise clipped, PSNR (dB) / SSIM", ""]
+    lines += [
+        "",
+        "### Colour: 4 held-out 256x256 crops (astronaut, coffee), noise clipped, PSNR (dB) / SSIM",
+        "",
+    ]
     header = " | ".join(f"σ={s}" for s in RGB_SIGMAS)
     lines += [f"| method | {header} | s/image |", "| --- |" + " --- |" * (len(RGB_SIGMAS) + 1)]
     noisy_cells = []
@@ -259,7 +272,9 @@ def table(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--grey-model", default="builtin:denoise-grey")
     parser.add_argument("--rgb-model", default="builtin:denoise-rgb")
     parser.add_argument("--methods", default="ours,bm3d,nlm", help="comma-separated subset to (re)run")

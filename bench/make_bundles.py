@@ -61,13 +61,13 @@ COMMANDS: dict[str, list[str]] = {
     "denoise-grey": _train(
         "denoise-grey", str(BENCH / "Train400"),
         "--model", "denoiser", "--preset", "denoise_grey", "--patch-size", "64", "--patches-per-image", "16",
-        "--denoise", GREY_NOISE, "--epochs", "15", "--batch-size", "16", "--lr", "1e-3",
+        "--denoise", GREY_NOISE, "--epochs", "6", "--batch-size", "16", "--lr", "1e-3",
         "--grid-steps", "1000,5000",
     ),
     "denoise-rgb": _train(
         "denoise-rgb", str(OUT / "rgb-train"),
         "--model", "denoiser", "--preset", "denoise_rgb", "--patch-size", "64", "--patches-per-image", "12",
-        "--denoise", RGB_NOISE, "--epochs", "15", "--batch-size", "16", "--lr", "1e-3",
+        "--denoise", RGB_NOISE, "--epochs", "6", "--batch-size", "16", "--lr", "1e-3",
         "--grid-steps", "1000,5000",
     ),
     "mnist-conv": _train(
@@ -110,7 +110,7 @@ def train(name: str) -> None:
     log = OUT / f"{name}.log"
     print(f"[{name}] {shlex.join(command)}\n  log: {log}", flush=True)
     start = time.time()
-    with open(log, "w") as handle:
+    with open(log, "a") as handle:  # a rerun continues the run (and its log)
         subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
     print(f"[{name}] trained in {time.time() - start:.0f} s", flush=True)
 
@@ -161,7 +161,12 @@ def _benchmark(name: str, model_dir: Path) -> tuple[dict, str]:
         summary = f"held-out colour crops sigma 25: {c25['psnr']:.2f} dB (noisy {c25['noisy_psnr']:.2f})"
     else:
         meta = json.loads((model_dir / "bundle.json").read_text())
-        table = {"builtin:mnist validation": {"psnr": meta["metrics"]["val_psnr"], "ssim": meta["metrics"]["val_ssim"]}}
+        table = {
+            "builtin:mnist validation": {
+                "psnr": meta["metrics"]["val_psnr"],
+                "ssim": meta["metrics"]["val_ssim"],
+            }
+        }
         summary = f"MNIST validation: {meta['metrics']['val_psnr']:.2f} dB reconstruction PSNR"
     if results:  # the quality bench reuses these rows
         path = ROOT / "bench-out" / "denoise_quality.json"
@@ -213,7 +218,9 @@ def install(name: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", action="append", choices=sorted(COMMANDS), help="bundle(s) to make")
     parser.add_argument("--stage", choices=("prepare", "train", "install", "all"), default="all")
     args = parser.parse_args()

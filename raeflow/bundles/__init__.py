@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent
 DESCRIPTIONS = {
     "denoise-grey": "blind grey denoiser (Gaussian noise, sigma 0-50 on 0-255), any image size",
     "denoise-rgb": "blind colour denoiser (Gaussian noise, sigma 0-50 on 0-255), any image size",
-    "mnist-conv": "convolutional autoencoder for 28x28 grey digits (MNIST), 7x7x16 codes",
+    "mnist-conv": "convolutional autoencoder for 28x28 grey digits (MNIST), 8x4x4 codes (128 values)",
 }
 """The shipped bundles and what each is for."""
 
@@ -80,7 +80,12 @@ def list_builtin() -> list[BuiltinBundle]:
 HELDOUT_CROPS = {
     # (scikit-image photo, top, left) of 96x96 crops none of the models trained on
     "denoise-grey": [("camera", 100, 200), ("astronaut", 40, 180), ("coffee", 150, 300), ("moon", 200, 200)],
-    "denoise-rgb": [("astronaut", 40, 180), ("astronaut", 300, 60), ("coffee", 150, 300), ("coffee", 250, 40)],
+    "denoise-rgb": [
+        ("astronaut", 40, 180),
+        ("astronaut", 300, 60),
+        ("coffee", 150, 300),
+        ("coffee", 250, 40),
+    ],
 }
 """Crops of the held-out check of each denoiser (scikit-image photos in its wheel, never trained on)."""
 HELDOUT_SIZE = 96

@@ -85,7 +85,13 @@ def models_command(family: str | None, as_json: bool) -> None:
         click.echo("\npretrained models shipped with raeflow (use as --model builtin:NAME):")
         header = ["model", "input", "params", "size", "measured"]
         table = [
-            [r["preset"], r["input"], _format_count(r["parameters"]), f"{r['bytes'] / 1e6:.1f} MB", r["quality"]]
+            [
+                r["preset"],
+                r["input"],
+                _format_count(r["parameters"]),
+                f"{r['bytes'] / 1e6:.1f} MB",
+                r["quality"],
+            ]
             for r in shipped
         ]
         widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header) - 1)]

@@ -48,9 +48,7 @@ def _pixel_mask(x: torch.Tensor, fraction: torch.Tensor, generator: torch.Genera
     return torch.rand((b, 1, h, w), generator=generator, device=x.device) < fraction
 
 
-def _amounts(
-    low: float, high: float, x: torch.Tensor, generator: torch.Generator | None
-) -> torch.Tensor:
+def _amounts(low: float, high: float, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One amount per image, `(B, 1, 1, 1)`: `high` when fixed, uniform in [low, high] for a range."""
     if low == high:
         return torch.full((x.shape[0], 1, 1, 1), high, device=x.device, dtype=x.dtype)

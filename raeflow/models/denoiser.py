@@ -55,6 +55,8 @@ class ResidualDenoiser(Autoencoder):
         if depth < 2 or channels < 1:
             raise ConfigError("denoiser needs depth >= 2 and channels >= 1")
         folded = in_channels * FOLD * FOLD
+        self.features = channels
+        """Width of the hidden layers (and of `embed`'s vectors)."""
         layers: list[nn.Module] = [nn.Conv2d(folded, channels, 3, padding=1), nn.ReLU()]
         for _ in range(depth - 2):
             layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU()]
@@ -66,7 +68,7 @@ class ResidualDenoiser(Autoencoder):
 
     @property
     def embedding_dim(self) -> int:
-        return int(self.body[-2].out_channels)
+        return self.features
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         self.check_batch(x)

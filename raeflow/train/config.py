@@ -187,7 +187,9 @@ def parse_steps(text: str | None) -> tuple[int, ...]:
     try:
         return tuple(sorted({int(part) for part in text.replace(" ", "").split(",") if part}))
     except ValueError:
-        raise ConfigError(f"--grid-steps must look like 1000,5000 (global step numbers), got {text!r}") from None
+        raise ConfigError(
+            f"--grid-steps must look like 1000,5000 (global step numbers), got {text!r}"
+        ) from None
 
 
 def field_help(cls: type = TrainConfig) -> dict[str, str]:

@@ -33,6 +33,7 @@ from raeflow.train.loop import train_worker, worse_than_input
 from raeflow.train.metrics_log import format_epoch
 from raeflow.train.plan import RunPlan, plan_run
 
+
 class PlainRuntime:
     """`WorkerRuntime` for a single process: rank 0 of 1, batches decoded here, fsspec checkpoints."""
 

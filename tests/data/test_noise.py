@@ -115,7 +115,8 @@ def test_fraction_ranges_vary_per_image(spec: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "spec", ["gaussian:0.2-0.1", "gaussian:0-1.5", "gaussian:0.1-0.1", "gaussian:0.1:raw", "mask:0.1:unclipped"]
+    "spec",
+    ["gaussian:0.2-0.1", "gaussian:0-1.5", "gaussian:0.1-0.1", "gaussian:0.1:raw", "mask:0.1:unclipped"],
 )
 def test_bad_ranges_and_options_are_refused(spec: str) -> None:
     with pytest.raises(ConfigError, match="LO-HI"):

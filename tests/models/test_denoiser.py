@@ -10,7 +10,9 @@ from raeflow.models import create_model
 
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("size", [(37, 53), (8, 9), (64, 31), (2, 2)])
-def test_denoiser_takes_any_size_grey_or_rgb_and_returns_that_size(channels: int, size: tuple[int, int]) -> None:
+def test_denoiser_takes_any_size_grey_or_rgb_and_returns_that_size(
+    channels: int, size: tuple[int, int]
+) -> None:
     model = create_model("denoise_small", in_channels=channels).eval()
     x = torch.rand(2, channels, *size)
     with torch.no_grad():

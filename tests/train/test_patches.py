@@ -65,7 +65,9 @@ def test_an_image_smaller_than_the_patch_is_mirrored_out() -> None:
 
 def _split_keys(n: int, val_fraction: float) -> tuple[list[str], list[str]]:
     keys = [f"img{i:03d}" for i in range(n)]
-    return [k for k in keys if not is_validation(k, val_fraction)], [k for k in keys if is_validation(k, val_fraction)]
+    return [k for k in keys if not is_validation(k, val_fraction)], [
+        k for k in keys if is_validation(k, val_fraction)
+    ]
 
 
 def test_decode_for_training_gives_k_patches_per_image_fresh_each_epoch_and_fixed_for_validation() -> None:
