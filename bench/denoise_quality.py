@@ -155,6 +155,7 @@ def run_grey(methods: dict[str, Any], bm3d_every: int, results: dict) -> None:
                 key = f"grey/{set_name}/{sigma}/{method}"
                 results[key] = summarise(rows, every, len(images))
                 print(f"{key}: {fmt(results[key])}", flush=True)
+                save(results)
 
 
 def run_rgb(methods: dict[str, Any], results: dict) -> None:
@@ -186,6 +187,18 @@ def run_rgb(methods: dict[str, Any], results: dict) -> None:
             key = f"rgb/crops/{sigma}/{method}"
             results[key] = summarise(rows, 1, len(crops))
             print(f"{key}: {fmt(results[key])}", flush=True)
+            save(results)
+
+
+RESULTS = OUT / "denoise_quality.json"
+"""Where results accumulate (--results changes it)."""
+
+
+def save(results: dict) -> None:
+    """Merge `results` into the results file now (a long run keeps what it measured if stopped)."""
+    merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(merged | results, indent=1))
 
 
 def summarise(rows: list[dict], every: int, total: int) -> dict:
@@ -281,11 +294,12 @@ def main() -> None:
     parser.add_argument("--parts", default="grey,rgb", help="grey, rgb or both")
     parser.add_argument("--bm3d-every", type=int, default=1, help="BM3D on every Nth BSD68 image only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for our model")
-    parser.add_argument("--results", default=str(OUT / "denoise_quality.json"))
+    parser.add_argument("--results", default=None, help="results JSON (default bench-out/denoise_quality.json)")
     args = parser.parse_args()
+    global RESULTS
+    RESULTS = Path(args.results) if args.results else RESULTS
     wanted = args.methods.split(",")
-    results_path = Path(args.results)
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     parts = args.parts.split(",")
     if "grey" in parts:
         methods: dict[str, Any] = {}
@@ -305,9 +319,8 @@ def main() -> None:
         if "nlm" in wanted:
             methods["nlm"] = nlm_method
         run_rgb(methods, results)
-    results_path.parent.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(json.dumps(results, indent=1))
-    text = table(results)
+    save(results)
+    text = table(json.loads(RESULTS.read_text()))
     (OUT / "denoise_quality.md").write_text(text)
     print(text)
 

@@ -50,3 +50,12 @@ def test_presets_have_the_documented_sizes() -> None:
     assert grey.input_contract["channels"] == 1 and rgb.input_contract["channels"] == 3
     assert grey.input_contract["height"] == "any" and rgb.input_contract["width"] == "any"
     assert 200_000 < grey.num_parameters < rgb.num_parameters < 400_000
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in grey.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in rgb.modules()) == 12  # the middle layers
+
+
+def test_batch_norm_denoiser_also_starts_as_the_identity() -> None:
+    model = create_model("denoise_rgb").eval()
+    x = torch.rand(1, 3, 31, 20)
+    with torch.no_grad():
+        assert torch.equal(model(x)["recon"], x)
