@@ -67,7 +67,7 @@ COMMANDS: dict[str, list[str]] = {
     "denoise-rgb": _train(
         "denoise-rgb", str(OUT / "rgb-train"),
         "--model", "denoiser", "--preset", "denoise_rgb", "--patch-size", "64", "--patches-per-image", "12",
-        "--denoise", RGB_NOISE, "--epochs", "6", "--batch-size", "16", "--lr", "1e-3",
+        "--denoise", RGB_NOISE, "--epochs", "2", "--batch-size", "16", "--lr", "1e-3",
         "--grid-steps", "1000,5000",
     ),
     "mnist-conv": _train(
