@@ -251,6 +251,16 @@ def table(results: dict) -> str:
                     )
             sec = f"{np.mean(secs):.2f}" if secs else "–"
             lines.append(f"| {set_name} | {names[method]} | {' | '.join(cells)} | {sec} | {count} |")
+        bm3d25 = results.get(f"grey/{set_name}/25/bm3d")
+        if bm3d25 and bm3d25["every"] > 1 and results.get(f"grey/{set_name}/25/ours", {}).get("per_image"):
+            every = bm3d25["every"]
+            cells = []
+            for sigma in GREY_SIGMAS:
+                rows = results.get(f"grey/{set_name}/{sigma}/ours", {}).get("per_image", [])
+                subset = [r for i, r in enumerate(rows) if i % every == 0]
+                cells.append(f"{np.mean([r['psnr'] for r in subset]):.2f}" if subset else "–")
+            label = f"{names['ours']}, BM3D's {len(subset)} images"
+            lines.append(f"| {set_name} | {label} | {' | '.join(cells)} | – | every {every}th |")
         for (published_set, method), values in PUBLISHED.items():
             if published_set == set_name:
                 cells = " | ".join(f"{v:.2f}" for v in values)
@@ -298,7 +308,9 @@ def main() -> None:
     parser.add_argument("--parts", default="grey,rgb", help="grey, rgb or both")
     parser.add_argument("--bm3d-every", type=int, default=1, help="BM3D on every Nth BSD68 image only")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for our model")
-    parser.add_argument("--results", default=None, help="results JSON (default bench-out/denoise_quality.json)")
+    parser.add_argument(
+        "--results", default=None, help="results JSON (default bench-out/denoise_quality.json)"
+    )
     args = parser.parse_args()
     global RESULTS
     RESULTS = Path(args.results) if args.results else RESULTS

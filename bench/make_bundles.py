@@ -66,9 +66,9 @@ COMMANDS: dict[str, list[str]] = {
     ),
     "denoise-rgb": _train(
         "denoise-rgb", str(OUT / "rgb-train"),
-        "--model", "denoiser", "--preset", "denoise_rgb", "--patch-size", "64", "--patches-per-image", "12",
-        "--denoise", RGB_NOISE, "--epochs", "2", "--batch-size", "16", "--lr", "1e-3",
-        "--grid-steps", "1000,5000",
+        "--model", "denoiser", "--preset", "denoise_rgb_per_channel",
+        "--init-from", str(OUT / "denoise-grey" / "model"), "--patch-size", "64", "--patches-per-image", "2",
+        "--denoise", RGB_NOISE, "--epochs", "1", "--batch-size", "16", "--lr", "1e-4",
     ),
     "mnist-conv": _train(
         "mnist-conv", "builtin:mnist", "--model", "conv", "--epochs", "6", "--batch-size", "64",

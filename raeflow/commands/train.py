@@ -47,6 +47,7 @@ def _opt(*names: str, field: str, **kwargs: Any) -> Callable[[Callable[..., Any]
 @_opt("--patch-size", field="patch_size", type=int, metavar="P")
 @_opt("--patches-per-image", field="patches_per_image", type=int, metavar="K")
 @_opt("--augment/--no-augment", field="augment")
+@_opt("--init-from", field="init_from", metavar="BUNDLE")
 @_opt("--grid-steps", field="grid_steps", default=None, metavar="N,M,...")
 @_opt("--val-fraction", field="val_fraction", type=float)
 @_opt("--limit", field="limit", type=int, metavar="N")

@@ -48,6 +48,7 @@ class ResidualDenoiser(Autoencoder):
         channels: int = 64,
         depth: int = 12,
         batch_norm: bool = False,
+        per_channel: bool = False,
         height: Size = "any",
         width: Size = "any",
         recon_loss: str = "mse",
@@ -56,7 +57,10 @@ class ResidualDenoiser(Autoencoder):
         super().__init__(in_channels=in_channels, height="any", width="any", recon_loss=recon_loss)
         if depth < 2 or channels < 1:
             raise ConfigError("denoiser needs depth >= 2 and channels >= 1")
-        folded = in_channels * FOLD * FOLD
+        self.per_channel = per_channel
+        """Run one grey network on each channel separately (colour from a grey model's weights)."""
+        net_channels = 1 if per_channel else in_channels
+        folded = net_channels * FOLD * FOLD
         self.features = channels
         """Width of the hidden layers (and of `embed`'s vectors)."""
         layers: list[nn.Module] = [nn.Conv2d(folded, channels, 3, padding=1), nn.ReLU()]
@@ -68,7 +72,7 @@ class ResidualDenoiser(Autoencoder):
             layers.append(nn.ReLU())
         self.body = nn.Sequential(*layers)
         self.head = nn.Conv2d(channels, folded, 3, padding=1)
-        self.latent_shape = (folded, "any", "any")
+        self.latent_shape = (in_channels * FOLD * FOLD, "any", "any")
         self.init_weights()
         nn.init.zeros_(self.head.weight)  # untrained: predicts no noise, returns the input
 
@@ -85,19 +89,27 @@ class ResidualDenoiser(Autoencoder):
         return x
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Folded padded input `(B, 4C, H/2, W/2)` and the last hidden features `(B, channels, H/2, W/2)`."""
-        folded = F.pixel_unshuffle(self._pad(x), FOLD)
+        """Folded padded input `(B', 4C', H/2, W/2)` and the last hidden features `(B', channels, H/2, W/2)`;
+        per channel, B' = B * C and C' = 1."""
+        x = self._pad(x)
+        if self.per_channel:
+            x = x.reshape(-1, 1, *x.shape[-2:])  # (B * C, 1, H, W)
+        folded = F.pixel_unshuffle(x, FOLD)
         return folded, self.body(folded)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         folded, features = self._features(x)
-        return folded - self.head(features)  # the denoised image, folded: (B, 4C, ceil(H/2), ceil(W/2))
+        z = folded - self.head(features)  # the denoised image, folded: (B', 4C', ceil(H/2), ceil(W/2))
+        if self.per_channel:  # (B * C, 4, h, w) -> (B, C * 4, h, w), channel-major like pixel_unshuffle
+            z = z.reshape(x.shape[0], -1, *z.shape[-2:])
+        return z
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return F.pixel_shuffle(z, FOLD).clamp(0.0, 1.0)  # (B, C, 2h, 2w), clipped to valid pixels
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self._features(x)[1].mean(dim=(2, 3))  # (B, channels), whatever the image size
+        features = self._features(x)[1].mean(dim=(2, 3))  # (B', channels), whatever the image size
+        return features.reshape(x.shape[0], -1, self.features).mean(dim=1)  # (B, channels)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         h, w = x.shape[-2:]
@@ -116,6 +128,13 @@ def denoise_grey() -> dict:
 def denoise_rgb() -> dict:
     """Blind colour denoiser (the builtin:denoise-rgb architecture): 14 layers of 48, batch norm, half resolution."""
     return {"in_channels": 3, "channels": 48, "depth": 14, "batch_norm": True}
+
+
+@register_preset("denoiser")
+def denoise_rgb_per_channel() -> dict:
+    """Colour denoiser from a grey one: the denoise_grey network run on each channel (fine-tune it with
+    --init-from builtin:denoise-grey)."""
+    return {"in_channels": 3, "channels": 48, "depth": 14, "per_channel": True}
 
 
 @register_preset("denoiser")

@@ -61,6 +61,8 @@ class TrainConfig:
     """With --patch-size: random patches cut from each training image per epoch (validation: fixed ones)."""
     augment: bool = True
     """With --patch-size: random flips and 90-degree rotations of training patches (--no-augment: none)."""
+    init_from: str | None = None
+    """Start from this bundle's weights (fine-tuning), e.g. builtin:denoise-grey; the model must fit them."""
     grid_steps: tuple[int, ...] = ()
     """Also write a reconstruction grid of the current training batch at these global steps (1000,5000)."""
     val_fraction: float = 0.1

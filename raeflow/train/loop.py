@@ -74,6 +74,22 @@ class WorkerRuntime(Protocol):
         ...
 
 
+def load_initial_weights(model: torch.nn.Module, uri: str) -> None:
+    """Copy the weights of the bundle at `uri` into `model` (--init-from); `ConfigError` when they do
+    not fit it (another architecture or size)."""
+    from raeflow.errors import ConfigError
+    from raeflow.models import load_bundle
+
+    source = load_bundle(uri).model
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as err:
+        raise ConfigError(
+            f"--init-from {uri}: its weights do not fit model {getattr(model, 'arch_name', '?')!r} "
+            f"({str(err).splitlines()[0]}); pick a bundle of the same architecture"
+        ) from None
+
+
 def worse_than_input(record: dict[str, Any]) -> str | None:
     """A plain warning, with what to try, when a denoising run's model ends worse than its noisy input
     (validation PSNR below the noisy input's own); None otherwise."""
@@ -153,6 +169,8 @@ class EpochRunner:
             if checkpoint is not None:
                 self.state = read_checkpoint(checkpoint, self.model, self.optimizer)
                 self.restored_from = self.state.epochs_done
+            elif config.init_from:
+                load_initial_weights(self.model, config.init_from)
         self.trained = runtime.wrap_model(self.model)
         self.grid_steps = set(config.grid_steps)
 
@@ -241,6 +259,7 @@ class EpochRunner:
             "lr": self.config.lr,
             "seed": self.config.seed,
             "model": self.plan.model_name,
+            "init_from": self.config.init_from,
             "channels": self.plan.channels,
             "workers": self.runtime.world_size,
             "batch_size": self.config.batch_size,

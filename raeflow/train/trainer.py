@@ -42,7 +42,13 @@ from raeflow.models.bundle import read_bundle_meta
 from raeflow.train.batches import DecodeForTraining, shuffle_rows
 from raeflow.train.checkpoints import CHECKPOINTS_DIR, checkpoint_name
 from raeflow.train.config import TrainConfig
-from raeflow.train.loop import FAIL_AT_ENV, FAIL_MARKER_ENV, train_worker, worse_than_input
+from raeflow.train.loop import (
+    FAIL_AT_ENV,
+    FAIL_MARKER_ENV,
+    load_initial_weights,
+    train_worker,
+    worse_than_input,
+)
 from raeflow.train.metrics_log import MetricsLog, format_epoch
 from raeflow.train.plan import RunPlan, plan_run
 
@@ -247,6 +253,8 @@ def run_training(config: TrainConfig, echo=print) -> TrainSummary:
         )
     if resumable:
         _check_same_model(config, plan)
+    elif config.init_from:  # refused here, before Ray starts, when the weights do not fit
+        load_initial_weights(create_model(plan.model_name, **plan.model_args), config.init_from)
     log = MetricsLog(config.out)
     previous = [r["epoch"] for r in log.read()] if resumable else []
     _connect(config)

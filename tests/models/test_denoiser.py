@@ -59,3 +59,15 @@ def test_batch_norm_denoiser_also_starts_as_the_identity() -> None:
     x = torch.rand(1, 3, 31, 20)
     with torch.no_grad():
         assert torch.equal(model(x)["recon"], x)
+
+
+def test_per_channel_colour_model_is_the_grey_network_on_each_channel() -> None:
+    torch.manual_seed(0)
+    grey, colour = create_model("denoise_grey").eval(), create_model("denoise_rgb_per_channel").eval()
+    torch.nn.init.normal_(grey.head.weight, std=0.01)
+    colour.load_state_dict(grey.state_dict())  # the same weights fit both
+    x = torch.rand(2, 3, 21, 34)
+    with torch.no_grad():
+        expected = torch.cat([grey(x[:, c : c + 1])["recon"] for c in range(3)], dim=1)
+        assert torch.allclose(colour(x)["recon"], expected, atol=1e-6)
+        assert colour.embed(x).shape == (2, 48)

@@ -125,3 +125,14 @@ def test_train_with_patch_size_trains_on_k_patches_per_image_and_writes_step_gri
     assert bundle.meta["training"]["patch_size"] == 32 and bundle.meta["training"]["augment"] is True
     assert bundle.meta["training"]["noise"] == "gaussian:0-0.2"
     assert bundle.model.input_contract["height"] == "any"
+
+
+def test_init_from_a_bundle_that_does_not_fit_is_refused_before_ray_starts(
+    no_ray: list[str], tmp_path
+) -> None:
+    args = ["train", "--data", "builtin:mnist", "--model", "denoiser", "--preset", "denoise_small",
+            "--patch-size", "16", "--init-from", "builtin:mnist-conv", "--out", str(tmp_path / "run")]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "--init-from builtin:mnist-conv: its weights do not fit model 'denoiser'" in result.output
+    assert no_ray == []
