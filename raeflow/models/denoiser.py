@@ -126,14 +126,14 @@ def denoise_grey() -> dict:
 
 @register_preset("denoiser")
 def denoise_rgb() -> dict:
-    """Blind colour denoiser (the builtin:denoise-rgb architecture): 14 layers of 48, batch norm, half resolution."""
+    """Blind colour denoiser for training from scratch: 14 layers of 48, batch norm, half resolution."""
     return {"in_channels": 3, "channels": 48, "depth": 14, "batch_norm": True}
 
 
 @register_preset("denoiser")
 def denoise_rgb_per_channel() -> dict:
-    """Colour denoiser from a grey one: the denoise_grey network run on each channel (fine-tune it with
-    --init-from builtin:denoise-grey)."""
+    """Colour denoiser (the builtin:denoise-rgb architecture): the denoise_grey network on each channel
+    (start it with --init-from builtin:denoise-grey)."""
     return {"in_channels": 3, "channels": 48, "depth": 14, "per_channel": True}
 
 

@@ -131,7 +131,8 @@ def test_init_from_a_bundle_that_does_not_fit_is_refused_before_ray_starts(
     no_ray: list[str], tmp_path
 ) -> None:
     args = ["train", "--data", "builtin:mnist", "--model", "denoiser", "--preset", "denoise_small",
-            "--patch-size", "16", "--init-from", "builtin:mnist-conv", "--out", str(tmp_path / "run")]  # fmt: skip
+            "--patch-size", "16", "--init-from", "builtin:mnist-conv",
+            "--out", str(tmp_path / "run")]  # fmt: skip
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2, result.output
     assert "--init-from builtin:mnist-conv: its weights do not fit model 'denoiser'" in result.output
