@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test bench lint chromium clean
+.PHONY: install demo test bench bundles lint chromium clean
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ bench: install
 	$(PY) bench/decode.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/embed_throughput.py
+
+# Retrain the pretrained bundles shipped in raeflow/bundles/ (about an hour on 2 CPU cores) and
+# measure them; needs ../shared/benchmarks/denoise and the bench extra (BM3D is not needed here).
+bundles: install
+	$(PY) bench/make_bundles.py
 
 lint: install
 	$(VENV)/bin/ruff check raeflow tests bench jobs

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from raeflow.train.config import TrainConfig, field_help, parse_image_size, parse_model_args
+from raeflow.train.config import TrainConfig, field_help, parse_image_size, parse_model_args, parse_steps
 
 _HELP = field_help(TrainConfig)
 
@@ -44,6 +44,11 @@ def _opt(*names: str, field: str, **kwargs: Any) -> Callable[[Callable[..., Any]
 @_opt("--denoise", field="denoise", metavar="SPEC")
 @_opt("--beta", field="beta", type=float)
 @_opt("--image-size", field="image_size", metavar="H[xW]")
+@_opt("--patch-size", field="patch_size", type=int, metavar="P")
+@_opt("--patches-per-image", field="patches_per_image", type=int, metavar="K")
+@_opt("--augment/--no-augment", field="augment")
+@_opt("--init-from", field="init_from", metavar="BUNDLE")
+@_opt("--grid-steps", field="grid_steps", default=None, metavar="N,M,...")
 @_opt("--val-fraction", field="val_fraction", type=float)
 @_opt("--limit", field="limit", type=int, metavar="N")
 @_opt("--checkpoint-every", field="checkpoint_every", type=int, metavar="N")
@@ -60,6 +65,7 @@ def train_command(**options) -> None:
     Examples:
       raeflow train --data builtin:mnist --model conv --out runs/mnist --epochs 5
       raeflow train --data builtin:mnist --model conv_denoise --denoise gaussian:0.3 --out runs/dn
+      raeflow train --data photos/ --model denoise_grey --patch-size 64 --denoise gaussian:0-0.2 --out runs/dn
       raeflow train --data s3://bucket/shards --model unet --image-size 128 --workers 8 --gpu --out s3://bucket/run
 
     Rerunning the same command into the same --out continues from its latest checkpoint.
@@ -68,6 +74,7 @@ def train_command(**options) -> None:
 
     options["image_size"] = parse_image_size(options["image_size"])
     options["model_args"] = parse_model_args(options["model_args"])
+    options["grid_steps"] = parse_steps(options["grid_steps"])
     config = TrainConfig(**options)
     summary = run_training(config, echo=click.echo)
     last = summary.last
@@ -82,6 +89,8 @@ def train_command(**options) -> None:
     out = config.out.rstrip("/")
     click.echo(f"  metrics: {out}/metrics.jsonl  grids: {out}/grids/  checkpoints: {out}/checkpoints/")
     click.echo(f"model bundle: {summary.bundle}")
+    if summary.warning:
+        click.echo(summary.warning)
 
 
 @click.command("sample")

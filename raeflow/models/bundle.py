@@ -79,6 +79,13 @@ def describe_contract(contract: dict[str, Any]) -> str:
     return f"{contract['channels']}x{contract['height']}x{contract['width']}"
 
 
+def resolve_uri(uri: str) -> str:
+    """`builtin:NAME` -> the shipped bundle's folder inside the package; any other URI unchanged."""
+    from raeflow import bundles
+
+    return str(bundles.builtin_path(uri)) if bundles.is_builtin(str(uri)) else str(uri)
+
+
 def _join(uri: str, name: str) -> str:
     return uri.rstrip("/") + "/" + name
 
@@ -182,6 +189,7 @@ def save_bundle(
 
 def read_bundle_meta(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The parsed `bundle.json` of the bundle at `uri`, without loading its weights."""
+    uri = resolve_uri(uri)
     try:
         fs, root = fsspec.core.url_to_fs(str(uri), **(storage_options or {}))
         if not fs.exists(root):
@@ -220,7 +228,12 @@ def read_bundle_meta(uri: str, storage_options: dict[str, Any] | None = None) ->
 def load_bundle(
     uri: str, map_location: str | torch.device = "cpu", storage_options: dict[str, Any] | None = None
 ) -> Bundle:
-    """Load and verify the bundle at `uri`: checksum, architecture, weights; the model in eval mode."""
+    """Load and verify the bundle at `uri`: checksum, architecture, weights; the model in eval mode.
+
+    `uri` may be a bundle folder (local or fsspec URI) or `builtin:NAME`, a bundle shipped with
+    raeflow (`raeflow models` lists them).
+    """
+    uri = resolve_uri(uri)
     meta = read_bundle_meta(uri, storage_options)
     fs, root = fsspec.core.url_to_fs(str(uri), **(storage_options or {}))
     weights_path = _join(root, WEIGHTS_FILE)  # never a path taken from bundle.json

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from raeflow.errors import ConfigError
 from raeflow.models.base import Autoencoder
 
-FAMILY_MODULES = ("dense", "conv", "conv_dense", "strided", "vae", "cvae", "unet")
+FAMILY_MODULES = ("dense", "conv", "conv_dense", "strided", "vae", "cvae", "unet", "denoiser")
 """Modules under `raeflow.models` that register a family, in the order the zoo lists them."""
 
 A = TypeVar("A", bound=type[Autoencoder])

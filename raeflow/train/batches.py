@@ -5,6 +5,11 @@ it in its map tasks (`trainer.py`); the Ray-free loop calls it on the tables a s
 (`iter_plain_batches`). Either way a batch is `{"image": uint8 (N, C, H, W), "label": int64 (N,)}`
 (label -1 where the source has none); the worker turns images into floats in [0, 1].
 
+With a patch size (denoiser training), each training image gives `patches` random P x P crops per
+epoch, each flipped and rotated at random when `augment` is on; each validation image gives the
+same `patches` crops every epoch (placed by a hash of its key), unaugmented. Images smaller than a
+patch are mirrored out to its size.
+
 The validation split is chosen per image by a hash of its key, so it is the same in every run, on
 every worker, and under any sharding: an image is never trained on in one run and validated on in
 the next.
@@ -18,16 +23,54 @@ from collections.abc import Iterator
 import numpy as np
 import pyarrow as pa
 
-from raeflow.data.images import ImageRejected, decode_fitted
+from raeflow.data.images import ImageRejected, decode_fitted, decode_image
+from raeflow.train.config import TrainConfig
 
 SPLITS = ("train", "val")
 """The two splits a run reads."""
+SHUFFLE_ROWS_MAX = 4096
+"""Cap on the rows (patches) a training shuffle buffer holds."""
+
+
+def shuffle_rows(config: TrainConfig) -> int:
+    """Rows of the training shuffle buffer: a few batches; more with patches (an image's patches
+    arrive together and should land in different batches), up to SHUFFLE_ROWS_MAX."""
+    rows = config.batch_size * 4
+    if config.patch_size is not None:
+        rows = max(rows, min(SHUFFLE_ROWS_MAX, config.batch_size * config.patches_per_image * 8))
+    return rows
+
+
+def _key_hash(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big")
 
 
 def is_validation(key: str, val_fraction: float) -> bool:
     """Whether the image with this key belongs to the held-out validation split."""
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2.0**64 < val_fraction
+    return _key_hash(key) / 2.0**64 < val_fraction
+
+
+def random_patches(
+    pixels: np.ndarray, size: int, count: int, rng: np.random.Generator, *, augment: bool
+) -> list[np.ndarray]:
+    """`count` random `size` x `size` crops of an `(H, W, C)` image, each `(C, size, size)`;
+    with `augment`, each crop is also flipped and rotated by a multiple of 90 degrees at random
+    (the 8 symmetries of the square, equally likely)."""
+    h, w = pixels.shape[:2]
+    if h < size or w < size:  # mirror a small image out to the patch size
+        pad_h, pad_w = max(0, size - h), max(0, size - w)
+        pixels = np.pad(pixels, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")
+        h, w = pixels.shape[:2]
+    crops = []
+    for _ in range(count):
+        top, left = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
+        crop = pixels[top : top + size, left : left + size]  # (size, size, C)
+        if augment:
+            crop = np.rot90(crop, k=int(rng.integers(0, 4)), axes=(0, 1))
+            if rng.integers(0, 2):
+                crop = crop[:, ::-1]
+        crops.append(np.ascontiguousarray(crop.transpose(2, 0, 1)))  # (C, size, size)
+    return crops
 
 
 class DecodeForTraining:
@@ -37,7 +80,19 @@ class DecodeForTraining:
     dropped (training skips bad images instead of failing on them).
     """
 
-    def __init__(self, *, split: str, channels: int, height: int, width: int, val_fraction: float):
+    def __init__(
+        self,
+        *,
+        split: str,
+        channels: int,
+        height: int,
+        width: int,
+        val_fraction: float,
+        patch_size: int | None = None,
+        patches: int = 1,
+        augment: bool = False,
+        seed: int | None = None,
+    ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.split = split
@@ -45,6 +100,26 @@ class DecodeForTraining:
         self.height = height
         self.width = width
         self.val_fraction = val_fraction
+        self.patch_size = patch_size
+        """Cut `patches` random crops of this size per image instead of resizing it (None: resize)."""
+        self.patches = patches
+        self.augment = augment and split == "train"
+        self.seed = seed
+        """Seed of the training patches (None: fresh randomness, different in every epoch)."""
+
+    def _pixels(self, key: str, data: bytes) -> list[np.ndarray]:
+        """The `(C, H, W)` arrays one image contributes: itself resized, or its patches."""
+        if self.patch_size is None:
+            pixels = decode_fitted(data, self.channels, self.height, self.width)  # (H, W, C) uint8
+            return [np.ascontiguousarray(pixels.transpose(2, 0, 1))]
+        pixels = decode_image(data, channels=self.channels)  # (H, W, C) at its own size
+        if self.split == "val":
+            rng = np.random.default_rng(_key_hash(key))  # the same patches every epoch and run
+        elif self.seed is not None:
+            rng = np.random.default_rng([self.seed, _key_hash(key)])
+        else:
+            rng = np.random.default_rng()
+        return random_patches(pixels, self.patch_size, self.patches, rng, augment=self.augment)
 
     def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
         """`table` has ROW_SCHEMA columns; returns {"image": (N, C, H, W) uint8, "label": (N,) int64}."""
@@ -59,11 +134,11 @@ class DecodeForTraining:
             if error is not None or not data or is_validation(key, self.val_fraction) != want_val:
                 continue
             try:
-                pixels = decode_fitted(data, self.channels, self.height, self.width)  # (H, W, C) uint8
+                arrays = self._pixels(key, data)  # each (C, H, W) uint8
             except ImageRejected:
                 continue
-            images.append(np.ascontiguousarray(pixels.transpose(2, 0, 1)))  # (C, H, W)
-            kept_labels.append(-1 if label is None else int(label))
+            images.extend(arrays)
+            kept_labels.extend([-1 if label is None else int(label)] * len(arrays))
         if images:
             stacked = np.stack(images)  # (N, C, H, W)
         else:
@@ -91,13 +166,14 @@ def iter_plain_batches(
     *,
     limit: int | None = None,
     shuffle_seed: int | None = None,
+    shuffle_window: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Batches of one split read straight from the source, no Ray; shuffled within a window if seeded."""
     pending_images: list[np.ndarray] = []
     pending_labels: list[np.ndarray] = []
     num_pending = 0
     rng = np.random.default_rng(shuffle_seed) if shuffle_seed is not None else None
-    window = batch_size * 8  # like Ray's local shuffle buffer: mixes neighbouring shards' rows
+    window = max(batch_size * 8, shuffle_window)  # like Ray's local shuffle buffer: mixes neighbouring rows
 
     def emit(final: bool) -> Iterator[dict[str, np.ndarray]]:
         nonlocal pending_images, pending_labels, num_pending

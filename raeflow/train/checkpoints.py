@@ -25,9 +25,16 @@ from safetensors.torch import load_file, save_file
 from raeflow.errors import BundleError
 from raeflow.models.bundle import load_bundle, save_bundle
 
+CHECKPOINTS_DIR = "checkpoints"
+"""Folder under --out that holds the run's checkpoints (Ray Train's run name, too)."""
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 OPTIMIZER_SCALARS = "optimizer.json"
 TRAINER_STATE = "trainer_state.json"
+
+
+def checkpoint_name(epoch: int) -> str:
+    """Folder name of the checkpoint written after `epoch`."""
+    return f"checkpoint-epoch-{epoch:04d}"
 
 
 @dataclass
@@ -92,11 +99,6 @@ def read_checkpoint(
         step=int(state["step"]),
         best_val_loss=state.get("best_val_loss"),
     )
-
-
-def read_trainer_state(directory: str | Path) -> dict[str, Any]:
-    """The `trainer_state.json` of a checkpoint folder (epochs done, step, settings)."""
-    return json.loads((Path(directory) / TRAINER_STATE).read_text())
 
 
 def _flatten_optimizer_state(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

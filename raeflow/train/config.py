@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from raeflow.data.noise import parse_noise
 from raeflow.errors import ConfigError
 
 PLACEMENTS = ("pack", "spread", "strict_spread")
@@ -54,6 +55,16 @@ class TrainConfig:
     """Weight of the KL term for vae/cvae models (default: the model's own)."""
     image_size: tuple[int, int] | None = None
     """Train at this H x W: images are resized to it and fixed-size models are built for it."""
+    patch_size: int | None = None
+    """Train on random P x P patches cut from each image (denoisers) instead of resized whole images."""
+    patches_per_image: int = 8
+    """With --patch-size: random patches cut from each training image per epoch (validation: fixed ones)."""
+    augment: bool = True
+    """With --patch-size: random flips and 90-degree rotations of training patches (--no-augment: none)."""
+    init_from: str | None = None
+    """Start from this bundle's weights (fine-tuning), e.g. builtin:denoise-grey; the model must fit them."""
+    grid_steps: tuple[int, ...] = ()
+    """Also write a reconstruction grid of the current training batch at these global steps (1000,5000)."""
     val_fraction: float = 0.1
     """Share of images held out for validation, chosen by a hash of the key (stable across runs)."""
     limit: int | None = None
@@ -109,6 +120,20 @@ class TrainConfig:
             raise ConfigError(f"--max-failures must be -1 (retry forever) or more, got {self.max_failures}")
         if self.placement not in PLACEMENTS:
             raise ConfigError(f"--placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
+        if self.patch_size is not None:
+            if self.patch_size < 8:
+                raise ConfigError(f"--patch-size must be at least 8 pixels, got {self.patch_size}")
+            if self.image_size is not None:
+                raise ConfigError(
+                    "--patch-size and --image-size exclude each other: patches are cut from the "
+                    "images at their own size; drop one of them"
+                )
+        if self.patches_per_image < 1:
+            raise ConfigError(f"--patches-per-image must be at least 1, got {self.patches_per_image}")
+        if any(step < 1 for step in self.grid_steps):
+            raise ConfigError(f"--grid-steps must be positive step numbers, got {list(self.grid_steps)}")
+        if self.denoise is not None:
+            parse_noise(self.denoise)  # a bad spec is refused here, before Ray starts
         if self.image_size is not None and min(self.image_size) < 4:
             raise ConfigError(
                 f"--image-size must be at least 4x4, got {self.image_size[0]}x{self.image_size[1]}"
@@ -119,17 +144,9 @@ class TrainConfig:
         """The settings as JSON-ready data (written next to every checkpoint and bundle)."""
         data = dataclasses.asdict(self)
         data["image_size"] = list(self.image_size) if self.image_size else None
+        data["grid_steps"] = list(self.grid_steps)
         data.pop("storage_options")  # may hold credentials
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Rebuild settings written by `to_dict` (unknown keys are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {key: value for key, value in data.items() if key in names}
-        if kwargs.get("image_size") is not None:
-            kwargs["image_size"] = tuple(kwargs["image_size"])
-        return cls(**kwargs)
 
 
 def parse_model_args(pairs: tuple[str, ...] | list[str]) -> dict[str, Any]:
@@ -163,6 +180,18 @@ def parse_image_size(text: str | None) -> tuple[int, int] | None:
     if len(sizes) == 2:
         return sizes[0], sizes[1]
     raise ConfigError(f"--image-size must look like 28 or 32x48 (height x width), got {text!r}")
+
+
+def parse_steps(text: str | None) -> tuple[int, ...]:
+    """`"1000,5000"` -> (1000, 5000); None or "" -> ()."""
+    if not text:
+        return ()
+    try:
+        return tuple(sorted({int(part) for part in text.replace(" ", "").split(",") if part}))
+    except ValueError:
+        raise ConfigError(
+            f"--grid-steps must look like 1000,5000 (global step numbers), got {text!r}"
+        ) from None
 
 
 def field_help(cls: type = TrainConfig) -> dict[str, str]:

@@ -3,15 +3,15 @@
 Nothing here imports Ray. What differs between a Ray worker and a plain process (where batches come
 from, how checkpoints are stored, how the model is wrapped) sits behind `WorkerRuntime`:
 `trainer.RayRuntime` inside `ray.train.torch.TorchTrainer`, `plain.PlainRuntime` for world size 1
-with PyTorch only, e.g. to profile on a GPU machine without Ray:
-
-    python -m raeflow.train.loop --data builtin:mnist --model conv --out runs/plain --epochs 2
+with PyTorch only (its command line is `python -m raeflow.train.plain`). This module imports
+neither of them.
 
 Per epoch: train on the worker's share of the training split (Adam, cosine learning rate, bf16
 autocast on GPU, noisy input and clean target with --denoise), validate on its share of the held-out
 split, sum the metrics over workers, checkpoint (rank 0 writes a bundle; all ranks report), then
-rank 0 appends to metrics.jsonl and writes the epoch's image grid. At the end rank 0 writes the
-final bundle to `<out>/model/`.
+rank 0 appends to metrics.jsonl and writes the epoch's image grid (and, at the global steps of
+--grid-steps, a grid of the training batch). At the end rank 0 writes the final bundle to
+`<out>/model/`.
 """
 
 from __future__ import annotations
@@ -72,6 +72,36 @@ class WorkerRuntime(Protocol):
     def show(self, record: dict[str, Any]) -> None:
         """Show one epoch's record to the user (rank 0 only calls it)."""
         ...
+
+
+def load_initial_weights(model: torch.nn.Module, uri: str) -> None:
+    """Copy the weights of the bundle at `uri` into `model` (--init-from); `ConfigError` when they do
+    not fit it (another architecture or size)."""
+    from raeflow.errors import ConfigError
+    from raeflow.models import load_bundle
+
+    source = load_bundle(uri).model
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as err:
+        raise ConfigError(
+            f"--init-from {uri}: its weights do not fit model {getattr(model, 'arch_name', '?')!r} "
+            f"({str(err).splitlines()[0]}); pick a bundle of the same architecture"
+        ) from None
+
+
+def worse_than_input(record: dict[str, Any]) -> str | None:
+    """A plain warning, with what to try, when a denoising run's model ends worse than its noisy input
+    (validation PSNR below the noisy input's own); None otherwise."""
+    psnr, noisy = record.get("val_psnr"), record.get("val_noisy_psnr")
+    if psnr is None or noisy is None or psnr >= noisy:
+        return None
+    return (
+        f"warning: the model ends WORSE than its input: validation PSNR {psnr:.2f} dB against "
+        f"{noisy:.2f} dB for the noisy images themselves, so using it would damage images. Try more "
+        "--epochs; a residual denoiser, which starts from the input (--model denoiser --preset "
+        "denoise_grey or denoise_rgb); --patch-size 64 for photos; or a lower --lr"
+    )
 
 
 def lr_for_epoch(config: TrainConfig, epoch: int) -> float:
@@ -139,7 +169,10 @@ class EpochRunner:
             if checkpoint is not None:
                 self.state = read_checkpoint(checkpoint, self.model, self.optimizer)
                 self.restored_from = self.state.epochs_done
+            elif config.init_from:
+                load_initial_weights(self.model, config.init_from)
         self.trained = runtime.wrap_model(self.model)
+        self.grid_steps = set(config.grid_steps)
 
     def _generator(self, salt: int) -> torch.Generator:
         return torch.Generator(device=self.runtime.device).manual_seed(self.config.seed * 1_000_003 + salt)
@@ -164,6 +197,10 @@ class EpochRunner:
             self.state.step += 1
             loss_sum += float(losses["loss"].detach()) * len(clean)
             num_images += len(clean)
+            if self.state.step in self.grid_steps and self.runtime.rank == 0:
+                recon = out["recon"].detach().clamp(0, 1)
+                rows = self._grid_rows(clean, inputs, recon, labels, with_samples=False)
+                write_grid(rows, f"{self.config.out.rstrip('/')}/grids/step-{self.state.step:07d}.png")
             _maybe_fail_for_test(self.runtime.rank, self.state.step)
         return {"loss_sum": loss_sum, "images": num_images, "seconds": time.perf_counter() - start}
 
@@ -193,12 +230,18 @@ class EpochRunner:
         return sums, grid_rows
 
     def _grid_rows(
-        self, clean: torch.Tensor, inputs: torch.Tensor, recon: torch.Tensor, labels: torch.Tensor
+        self,
+        clean: torch.Tensor,
+        inputs: torch.Tensor,
+        recon: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        with_samples: bool = True,
     ) -> list[torch.Tensor]:
         """Originals / noisy inputs / reconstructions (/ samples from the prior for VAEs)."""
         n = self.config.grid_images
-        rows = [clean[:n]] + ([inputs[:n]] if self.noise else []) + [recon[:n]]
-        if self.model.generative:
+        rows = [clean[:n]] + ([inputs[:n].clamp(0, 1)] if self.noise else []) + [recon[:n]]
+        if self.model.generative and with_samples:
             y = labels[:n] if self.model.conditional else None
             rows.append(self.model.sample(len(clean[:n]), y=y, generator=self._generator(99_991)))
         return [row.detach().cpu() for row in rows]
@@ -210,6 +253,13 @@ class EpochRunner:
             "epochs": epochs_done,
             "noise": self.config.denoise or "none",
             "image_size": [self.plan.height, self.plan.width],
+            "patch_size": self.config.patch_size,
+            "patches_per_image": self.config.patches_per_image if self.config.patch_size else None,
+            "augment": bool(self.config.augment and self.config.patch_size),
+            "lr": self.config.lr,
+            "seed": self.config.seed,
+            "model": self.plan.model_name,
+            "init_from": self.config.init_from,
             "channels": self.plan.channels,
             "workers": self.runtime.world_size,
             "batch_size": self.config.batch_size,
@@ -298,14 +348,3 @@ def train_worker(config: TrainConfig, plan: RunPlan, runtime: WorkerRuntime) -> 
             settings=config.to_dict(),
         )
     return record
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m raeflow.train.loop ...`: train in this process, no Ray (see raeflow.train.plain)."""
-    from raeflow.train.plain import main as plain_main
-
-    plain_main(argv)
-
-
-if __name__ == "__main__":
-    main()

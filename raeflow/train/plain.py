@@ -2,7 +2,7 @@
 
 For profiling the loop where PyTorch is installed but Ray is not (a GPU box), and for quick runs:
 
-    python -m raeflow.train.loop --data builtin:mnist --model conv --out runs/plain --epochs 2
+    python -m raeflow.train.plain --data builtin:mnist --model conv --out runs/plain --epochs 2
 
 Batches are read straight from the source (`Source.read_shard`) and decoded in this process;
 checkpoints go to `<out>/checkpoints/checkpoint-epoch-NNNN/` (the layout Ray Train runs use) and
@@ -26,19 +26,12 @@ import torch
 
 from raeflow.data.sources import open_source
 from raeflow.errors import RaeflowError
-from raeflow.train.batches import DecodeForTraining, iter_plain_batches
-from raeflow.train.config import TrainConfig, field_help, parse_image_size, parse_model_args
-from raeflow.train.loop import train_worker
+from raeflow.train.batches import DecodeForTraining, iter_plain_batches, shuffle_rows
+from raeflow.train.checkpoints import CHECKPOINTS_DIR, checkpoint_name
+from raeflow.train.config import TrainConfig, field_help, parse_image_size, parse_model_args, parse_steps
+from raeflow.train.loop import train_worker, worse_than_input
 from raeflow.train.metrics_log import format_epoch
 from raeflow.train.plan import RunPlan, plan_run
-
-CHECKPOINTS_DIR = "checkpoints"
-"""Folder under --out that holds the run's checkpoints (Ray Train's run name, too)."""
-
-
-def checkpoint_name(epoch: int) -> str:
-    """Folder name of the checkpoint written after `epoch`."""
-    return f"checkpoint-epoch-{epoch:04d}"
 
 
 class PlainRuntime:
@@ -66,10 +59,19 @@ class PlainRuntime:
             height=self.plan.height,
             width=self.plan.width,
             val_fraction=self.config.val_fraction,
+            patch_size=self.config.patch_size,
+            patches=self.config.patches_per_image,
+            augment=self.config.augment,
+            seed=self.config.seed * 7919 + epoch,
         )
         seed = self.config.seed * 7919 + epoch if split == "train" else None
         for batch in iter_plain_batches(
-            self.source, decode, self.config.batch_size, limit=self.config.limit, shuffle_seed=seed
+            self.source,
+            decode,
+            self.config.batch_size,
+            limit=self.config.limit,
+            shuffle_seed=seed,
+            shuffle_window=shuffle_rows(self.config),
         ):
             yield {"image": torch.from_numpy(batch["image"]), "label": torch.from_numpy(batch["label"])}
 
@@ -123,7 +125,7 @@ def run_plain(config: TrainConfig, *, quiet: bool = False) -> dict[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     """Command-line options generated from `TrainConfig`'s fields and their docstrings."""
     parser = argparse.ArgumentParser(
-        prog="python -m raeflow.train.loop", description="Train in one process with PyTorch only (no Ray)."
+        prog="python -m raeflow.train.plain", description="Train in one process with PyTorch only (no Ray)."
     )
     docs = field_help()
     ray_only = {
@@ -141,7 +143,8 @@ def _parser() -> argparse.ArgumentParser:
             continue
         flag = "--" + field.name.replace("_", "-")
         if field.type == "bool":
-            parser.add_argument(flag, action="store_true", help=docs.get(field.name))
+            action = argparse.BooleanOptionalAction if field.default is True else "store_true"
+            parser.add_argument(flag, action=action, help=docs.get(field.name))
             continue
         annotation = str(field.type)
         kind = int if annotation.startswith("int") else float if annotation.startswith("float") else str
@@ -157,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse options, train, print where the bundle is."""
     args = vars(_parser().parse_args(argv))
     args["image_size"] = parse_image_size(args.get("image_size"))
+    args["grid_steps"] = parse_steps(args.get("grid_steps"))
     args["model_args"] = parse_model_args(args["model_args"])
     args["out"] = args.get("out") or "runs/plain"
     args["gpu"] = bool(args.get("gpu")) or torch.cuda.is_available()
@@ -167,3 +171,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"model bundle: {config.out.rstrip('/')}/model  (last epoch {record.get('epoch', '?')})")
+    warning = worse_than_input(record)
+    if warning:
+        print(warning)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,8 @@ contract, and settles three things every worker then follows:
 - size: a fixed-size model trains at its own size, or at `--image-size` (the model is then built
   for that size); a fully convolutional model trains at `--image-size` or the first image's size;
   every image is resized to the training size;
+- with `--patch-size P` the run trains on P x P patches: a fully convolutional model as it is, a
+  fixed-size model built for P x P where it can be;
 - a fixed-size model whose size differs from the data's, without `--image-size`, is refused with a
   message that says what to pass.
 """
@@ -88,7 +90,16 @@ def plan_run(config: TrainConfig, source) -> RunPlan:
         args["beta"] = config.beta
     contract = create_model(config.model_name, **args).input_contract
     fixed = contract["height"] != "any" and contract["width"] != "any"
-    if config.image_size is not None:
+    if config.patch_size is not None:
+        train_h = train_w = config.patch_size
+        if fixed and (contract["height"], contract["width"]) != (train_h, train_w):
+            if not {"height", "width"} <= set(parameters):
+                raise ConfigError(
+                    f"model {config.model_name!r} is built for {contract['height']}x{contract['width']} "
+                    f"images only; pass --patch-size {contract['height']} or a fully convolutional model"
+                )
+            args.update(height=train_h, width=train_w)
+    elif config.image_size is not None:
         train_h, train_w = config.image_size
         if fixed and (contract["height"], contract["width"]) != (train_h, train_w):
             if not {"height", "width"} <= set(parameters):

@@ -39,11 +39,17 @@ from raeflow.data.sources import open_source
 from raeflow.errors import ConfigError, JobError
 from raeflow.models import create_model
 from raeflow.models.bundle import read_bundle_meta
-from raeflow.train.batches import DecodeForTraining
+from raeflow.train.batches import DecodeForTraining, shuffle_rows
+from raeflow.train.checkpoints import CHECKPOINTS_DIR, checkpoint_name
 from raeflow.train.config import TrainConfig
-from raeflow.train.loop import FAIL_AT_ENV, FAIL_MARKER_ENV, train_worker
+from raeflow.train.loop import (
+    FAIL_AT_ENV,
+    FAIL_MARKER_ENV,
+    load_initial_weights,
+    train_worker,
+    worse_than_input,
+)
 from raeflow.train.metrics_log import MetricsLog, format_epoch
-from raeflow.train.plain import CHECKPOINTS_DIR, checkpoint_name
 from raeflow.train.plan import RunPlan, plan_run
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
@@ -68,6 +74,8 @@ class TrainSummary:
     """Wall time of this command's training."""
     last: dict[str, Any] = field(default_factory=dict)
     """The last epoch's metrics record."""
+    warning: str | None = None
+    """Set when the model ends worse than its noisy input (`loop.worse_than_input`), with what to try."""
 
 
 class RayRuntime:
@@ -85,7 +93,7 @@ class RayRuntime:
         shuffle = split == "train"
         return ray.train.get_dataset_shard(split).iter_torch_batches(
             batch_size=self.config.batch_size,
-            local_shuffle_buffer_size=self.config.batch_size * 4 if shuffle else None,
+            local_shuffle_buffer_size=shuffle_rows(self.config) if shuffle else None,
             local_shuffle_seed=self.config.seed * 7919 + epoch * 131 + self.rank if shuffle else None,
             device=self.device,
         )
@@ -168,6 +176,10 @@ def build_datasets(config: TrainConfig, source, plan: RunPlan) -> dict[str, Any]
             height=plan.height,
             width=plan.width,
             val_fraction=config.val_fraction,
+            patch_size=config.patch_size,
+            patches=config.patches_per_image,
+            augment=config.augment,
+            seed=None,  # Ray Data reruns the map every epoch: fresh patches each time
         )
         datasets[split] = rows.map_batches(decode, batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
     return datasets
@@ -241,6 +253,8 @@ def run_training(config: TrainConfig, echo=print) -> TrainSummary:
         )
     if resumable:
         _check_same_model(config, plan)
+    elif config.init_from:  # refused here, before Ray starts, when the weights do not fit
+        load_initial_weights(create_model(plan.model_name, **plan.model_args), config.init_from)
     log = MetricsLog(config.out)
     previous = [r["epoch"] for r in log.read()] if resumable else []
     _connect(config)
@@ -296,4 +310,5 @@ def run_training(config: TrainConfig, echo=print) -> TrainSummary:
         resumed_from=resumed_from,
         seconds=time.perf_counter() - start,
         last=records[-1] if records else {},
+        warning=worse_than_input(records[-1]) if records else None,
     )

@@ -76,3 +76,48 @@ def test_bad_spec_is_a_one_line_config_error_listing_valid_forms(spec: str) -> N
     message = str(err.value)
     assert "\n" not in message
     assert "gaussian:STD" in message and "saltpepper:FRACTION" in message and "mask:FRACTION" in message
+
+
+def test_gaussian_range_draws_one_std_per_image_within_the_range() -> None:
+    x = torch.full((64, 1, 48, 48), 0.5)
+    noisy = parse_noise("gaussian:0.05-0.2")(x, generator=torch.Generator().manual_seed(0))
+    stds = (noisy - x).flatten(1).std(dim=1)  # (64,): one per image
+    assert stds.min() > 0.045 and stds.max() < 0.21
+    assert stds.max() - stds.min() > 0.1  # they differ: spread over the range, not one value
+    assert abs(stds.mean().item() - 0.125) < 0.02
+
+
+def test_range_from_zero_includes_nearly_clean_images() -> None:
+    x = torch.full((200, 1, 16, 16), 0.5)
+    noisy = parse_noise("gaussian:0-0.2")(x, generator=torch.Generator().manual_seed(1))
+    stds = (noisy - x).flatten(1).std(dim=1)
+    assert stds.min() < 0.01 and stds.max() > 0.18
+
+
+def test_unclipped_gaussian_keeps_values_outside_the_unit_range() -> None:
+    x = torch.rand(4, 1, 32, 32)
+    noise = parse_noise("gaussian:0.3:unclipped")
+    noisy = noise(x, generator=torch.Generator().manual_seed(0))
+    assert noisy.min() < -0.2 and noisy.max() > 1.2
+    assert noise.spec == "gaussian:0.3:unclipped"
+    assert parse_noise("gaussian:0-0.2:unclipped").spec == "gaussian:0-0.2:unclipped"
+
+
+@pytest.mark.parametrize("spec", ["mask:0.1-0.3", "saltpepper:0-0.05"])
+def test_fraction_ranges_vary_per_image(spec: str) -> None:
+    x = torch.full((64, 1, 32, 32), 0.5)
+    noisy = parse_noise(spec)(x, generator=torch.Generator().manual_seed(0))
+    hit = (noisy != x).flatten(1).float().mean(dim=1)  # (64,)
+    low, high = (float(v) for v in spec.split(":")[1].split("-"))
+    assert hit.min() >= low - 0.03 and hit.max() <= high + 0.03
+    assert hit.max() - hit.min() > (high - low) / 2
+    assert parse_noise(spec).spec == spec
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["gaussian:0.2-0.1", "gaussian:0-1.5", "gaussian:0.1-0.1", "gaussian:0.1:raw", "mask:0.1:unclipped"],
+)
+def test_bad_ranges_and_options_are_refused(spec: str) -> None:
+    with pytest.raises(ConfigError, match="LO-HI"):
+        parse_noise(spec)

@@ -15,7 +15,7 @@ from raeflow.train.config import TrainConfig
 from raeflow.train.plain import run_plain
 
 # `import ray` fails in this interpreter, so the run proves the loop needs no Ray at all.
-NO_RAY = "import sys; sys.modules['ray'] = None; from raeflow.train.loop import main; main(sys.argv[1:])"
+NO_RAY = "import sys; sys.modules['ray'] = None; from raeflow.train.plain import main; main(sys.argv[1:])"
 
 
 def test_plain_loop_trains_without_ray_and_resumes(tmp_path: Path) -> None:
