@@ -8,8 +8,9 @@ dropped; every other key has none.
 Labels follow torchvision's ImageFolder convention: when every image sits below a first-level
 subfolder of the root (`cats/x.jpg`, `dogs/y.jpg`, `dogs/puppies/z.jpg`), the subfolder names are
 the classes and label = the class's position in the sorted list of names (`cats` -> 0, `dogs` -> 1).
-Subfolders without images are no class. A flat folder, or one with images directly in the root
-beside subfolders, has no labels (raeflow never drops images to make a layout fit). The mapping is
+Subfolders without images are no class. A flat folder, a folder with a single subfolder (one
+class says nothing), or one with images directly in the root beside subfolders has no labels
+(raeflow never drops images to make a layout fit). The mapping is
 `FolderSource.label_names` and appears in `describe()`, so it is printed in summaries and reports.
 """
 
@@ -72,8 +73,8 @@ class FolderSource(Source):
             self._list()
         return None if self._label_names is None else list(self._label_names)
 
-    @property  # type: ignore[override]
-    def has_labels(self) -> bool:
+    @property
+    def has_labels(self) -> bool:  # type: ignore[override]
         """Whether the folder is a tree of class subfolders (see the module docstring)."""
         return self.label_names is not None
 
@@ -175,11 +176,13 @@ def _relative(root: str, files: list[str]) -> list[str]:
 
 
 def class_names(root: str, files: list[str]) -> list[str] | None:
-    """Sorted first-level subfolder names when every file sits in one, else None (unlabelled)."""
+    """Sorted first-level subfolder names when every file sits in one and there are at least two,
+    else None (unlabelled)."""
     parts = [r.split("/", 1) for r in _relative(root, files)]
     if not parts or any(len(p) == 1 or p[0] in ("", ".", "..") for p in parts):
         return None
-    return sorted({p[0] for p in parts})
+    names = sorted({p[0] for p in parts})
+    return names if len(names) >= 2 else None
 
 
 def file_labels(root: str, files: list[str], names: tuple[str, ...] | list[str] | None) -> list[int | None]:
