@@ -46,6 +46,7 @@ from raeflow.data import images  # noqa: E402
 from raeflow.data.sources import open_source  # noqa: E402
 from raeflow.data.sources.builtin import PHOTO_NAMES  # noqa: E402
 from raeflow.models import create_model  # noqa: E402
+from raeflow.models.base import Autoencoder  # noqa: E402
 from raeflow.models.registry import list_presets, resolve  # noqa: E402
 from raeflow.report.metrics import image_metrics  # noqa: E402
 
@@ -255,7 +256,7 @@ def without_batch_norm(model: nn.Module) -> nn.Module:
 
 
 def train(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, epochs: int, seed: int
+    model: Autoencoder, x: torch.Tensor, y: torch.Tensor | None, epochs: int, seed: int
 ) -> tuple[float, float]:
     """Adam, batch 64, `epochs` passes in a seeded shuffled order; returns (seconds, last epoch's loss)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
@@ -293,7 +294,7 @@ def _best_ms_per_image(
 
 
 @torch.inference_mode()
-def score(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
+def score(model: Autoencoder, x: torch.Tensor, y: torch.Tensor | None) -> dict[str, float]:
     """Mean test MSE/PSNR/SSIM of the reconstructions, and encode/decode milliseconds per image."""
     model.eval()
     recon = torch.cat(
