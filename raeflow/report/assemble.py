@@ -28,7 +28,7 @@ from raeflow.report.metrics import PSNR_CAP_DB
 from raeflow.report.parts import PARTS_DIR, offer_sample
 from raeflow.report.samples import SampleKeeper
 from raeflow.report.stats import MetricStats
-from raeflow.report.tsne import MIN_POINTS, embed_2d
+from raeflow.report.tsne import draw_maps
 
 METRICS_FILE = "metrics.parquet"
 SUMMARY_FILE = "summary.json"
@@ -54,6 +54,8 @@ class ReportContext:
     """`time.monotonic()` when the command started."""
     map_note: str | None = None
     """Why there is no t-SNE map although one was asked for (decided before the job ran)."""
+    label_names: list[str] | None = None
+    """Class name of each label where the source knows them (folder class subfolders), for the legend."""
 
 
 def assemble_report(out: OutputDir, job: JobSummary, context: ReportContext) -> list[str]:
@@ -163,19 +165,7 @@ def _draw_figures(
 def _tsne_figure(rows: list[dict], context: ReportContext) -> tuple[bytes | None, str | None]:
     if context.map_note:
         return None, context.map_note
-    if len(rows) < MIN_POINTS:
-        return None, f"Only {len(rows)} images could be mapped; t-SNE needs at least {MIN_POINTS}."
-    embeddings = np.asarray([row["embedding"] for row in rows], dtype=np.float32)  # (N, D)
-    labels = [row["label"] for row in rows]
-    labelled = context.has_labels and all(label is not None for label in labels)
-    points = embed_2d(embeddings, max_points=len(rows))  # (N, 2)
-    title = f"t-SNE of {len(rows):,} codes" + (", coloured by label" if labelled else "")
-    figure = draw.embedding_map(points, np.asarray(labels) if labelled else None, title)
-    if labelled:
-        return figure, None
-    if context.has_labels:
-        return figure, "Some mapped images have no label, so the map is not coloured."
-    return figure, "The source has no labels, so the map is not coloured."
+    return draw_maps(rows, has_labels=context.has_labels, label_names=context.label_names)
 
 
 def _summary(

@@ -1,4 +1,4 @@
-"""The report's figures as PNG bytes: image grids, metric histograms and the t-SNE map.
+"""The report's figures as PNG bytes: image grids, metric histograms and the t-SNE maps.
 
 Matplotlib through its object API on the Agg canvas (no pyplot, no display, no global state), so
 figures can be drawn in any process or thread. Each function returns the PNG file's bytes.
@@ -114,23 +114,44 @@ def metric_histograms(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]
 
 def embedding_map(points: np.ndarray, labels: np.ndarray | None, title: str) -> bytes:
     """A scatter of 2-D points `(N, 2)`, coloured by integer label where labels are given."""
-    figure = Figure(figsize=(7.0, 6.0))
-    ax = figure.subplots()
-    if labels is None:
-        ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.7, color="tab:blue")
-    else:
-        classes = np.unique(labels)
-        colours = _colours(len(classes))
-        for colour, label in zip(colours, classes, strict=True):
-            chosen = labels == label
-            ax.scatter(points[chosen, 0], points[chosen, 1], s=6, alpha=0.75, color=colour, label=str(label))
-        if len(classes) <= MAX_LEGEND:
-            ax.legend(
-                title="label", fontsize=8, markerscale=2.5, loc="center left", bbox_to_anchor=(1.0, 0.5)
-            )
-    ax.set_title(title, fontsize=11)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    return embedding_maps([(points, title)], labels, "")
+
+
+def embedding_maps(
+    panels: Sequence[tuple[np.ndarray, str]],
+    labels: np.ndarray | None,
+    title: str,
+    label_names: Sequence[str] | None = None,
+) -> bytes:
+    """Maps side by side, one panel per `(points (N, 2), panel title)`, all of the same N images.
+
+    Points are coloured by integer label where labels are given (the same colour for a label in
+    every panel), with one legend at the right naming `label_names[label]` where names are known.
+    """
+    width = 6.0 * len(panels) + (1.4 if labels is not None else 0.0)
+    figure = Figure(figsize=(width, 6.0))
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    classes = np.unique(labels) if labels is not None else np.array([])
+    colours = _colours(len(classes))
+    for ax, (points, panel_title) in zip(axes, panels, strict=True):
+        if labels is None:
+            ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.7, color="tab:blue")
+        else:
+            for colour, label in zip(colours, classes, strict=True):
+                chosen = labels == label
+                name = str(label)
+                if label_names is not None and 0 <= int(label) < len(label_names):
+                    name = f"{label} {label_names[int(label)]}"
+                ax.scatter(points[chosen, 0], points[chosen, 1], s=6, alpha=0.75, color=colour, label=name)
+        ax.set_title(panel_title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if labels is not None and len(classes) <= MAX_LEGEND:
+        axes[-1].legend(
+            title="label", fontsize=8, markerscale=2.5, loc="center left", bbox_to_anchor=(1.0, 0.5)
+        )
+    if title:
+        figure.suptitle(title, fontsize=11)
     figure.tight_layout()
     return _png(figure)
 

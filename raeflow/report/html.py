@@ -21,7 +21,14 @@ FIGURE_ORDER = (
     ),
     ("histograms", "Metric histograms", "Distribution of the per-image metrics over every scored image."),
     ("worst", "Worst images by PSNR", "The images the model reconstructs worst, lowest PSNR first."),
-    ("tsne", "Embedding map (t-SNE)", "A 2-D t-SNE map of the model's codes for a sample of the images."),
+    (
+        "tsne",
+        "t-SNE maps: original pixels vs embeddings",
+        "Two t-SNE maps of the same sample of images side by side: left the original pixels, right "
+        "the model's embeddings, coloured by label where the data has labels. Classes that form "
+        "tighter, better separated clusters on the right than on the left show what the embedding "
+        "adds; each panel gives how often a point's nearest neighbour on the map has its label.",
+    ),
 )
 """Sections of the page: figure name, heading, one-line explanation."""
 
@@ -86,6 +93,7 @@ def render_report(summary: Mapping[str, Any], figures: Mapping[str, bytes], note
     title = f"Reconstruction report: {model.get('arch', '?')} on {summary.get('data', '?')}"
     facts = {
         "data": summary.get("data"),
+        "source (labels)": summary.get("source"),
         "model": model.get("uri"),
         "architecture": model.get("arch"),
         "model fingerprint": str(model.get("fingerprint", ""))[:16],

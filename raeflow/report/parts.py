@@ -61,9 +61,11 @@ SAMPLES_SCHEMA = pa.schema(
         ("noisy_png", pa.binary()),
         ("output_png", pa.binary()),
         ("embedding", pa.list_(pa.float32())),
+        ("map_png", pa.binary()),
     ]
 )
-"""Columns of a sample part (thumbnails null for map-only rows, embedding null for picture-only rows)."""
+"""Columns of a sample part (thumbnails null for map-only rows, embedding and map_png null for
+picture-only rows)."""
 
 
 def offer_sample(keeper: SampleKeeper, row: dict) -> None:

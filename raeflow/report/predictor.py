@@ -31,6 +31,10 @@ from raeflow.report.samples import SampleKeeper, gallery_rank, key_hash, worst_r
 
 THUMBNAIL_SIDE = 96
 """Longest side of the thumbnails shown in the report (larger images are scaled down)."""
+MAP_SIDE = 32
+"""Longest side of the original-pixel thumbnails mapped by t-SNE beside the embeddings."""
+MAP_COLUMN = "map_png"
+"""Column of the map rows' small original-pixel thumbnails (null for other rows)."""
 
 METRIC_COLUMNS = ("mse", "psnr", "ssim")
 NOISY_COLUMNS = ("noisy_psnr", "noisy_ssim")
@@ -67,6 +71,7 @@ class ReportPredictor(Predictor):
         values = {name: np.full(n, np.nan) for name in METRIC_COLUMNS + NOISY_COLUMNS}
         thumbnails: dict[str, list[bytes | None]] = {name: [None] * n for name in THUMBNAIL_COLUMNS}
         embeddings: list[list[float] | None] = [None] * n
+        map_pngs: list[bytes | None] = [None] * n
 
         # Images of one shape run as one batch (fixed-size models: the whole batch).
         for rows, group in self.same_shape_groups(arrays):
@@ -84,7 +89,9 @@ class ReportPredictor(Predictor):
                 scores["noisy_ssim"] = noisy_scores["ssim"].cpu().numpy()
             for name, column in scores.items():
                 values[name][rows] = column
-            self._attach_samples(rows, keys, scores["psnr"], (clean, noisy, output), thumbnails, embeddings)
+            self._attach_samples(
+                rows, keys, scores["psnr"], (clean, noisy, output), thumbnails, embeddings, map_pngs
+            )
 
         payload: dict[str, pa.Array] = {
             name: pa.array(values[name], pa.float64(), mask=np.isnan(values[name]))
@@ -93,6 +100,7 @@ class ReportPredictor(Predictor):
         for name in THUMBNAIL_COLUMNS:
             payload[name] = pa.array(thumbnails[name], pa.binary())
         payload["embedding"] = pa.array(embeddings, pa.list_(pa.float32()))
+        payload[MAP_COLUMN] = pa.array(map_pngs, pa.binary())
         return self.result(batch, reasons, payload)
 
     def _corrupt(self, clean: torch.Tensor, keys: list[str]) -> torch.Tensor:
@@ -123,9 +131,10 @@ class ReportPredictor(Predictor):
         tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         thumbnails: dict[str, list[bytes | None]],
         embeddings: list[list[float] | None],
+        map_pngs: list[bytes | None],
     ) -> None:
         """Give thumbnails (and embeddings) to the rows that enter this actor's running sample."""
-        _, noisy, _ = tensors
+        clean, noisy, _ = tensors
         wanted_map: list[int] = []
         for j, i in enumerate(rows):
             rank = gallery_rank(keys[i])
@@ -141,12 +150,13 @@ class ReportPredictor(Predictor):
             codes = self.model.embed(noisy[wanted_map]).float().cpu().numpy()  # (M, D)
             for j, code in zip(wanted_map, codes, strict=True):
                 embeddings[rows[j]] = code.tolist()
+                map_pngs[rows[j]] = thumbnail_png(clean[j], side=MAP_SIDE)
 
 
-def thumbnail_png(image: torch.Tensor) -> bytes:
-    """A float image `(C, H, W)` in [0, 1] as PNG bytes, longest side at most `THUMBNAIL_SIDE`."""
+def thumbnail_png(image: torch.Tensor, side: int = THUMBNAIL_SIDE) -> bytes:
+    """A float image `(C, H, W)` in [0, 1] as PNG bytes, longest side at most `side`."""
     height, width = image.shape[-2:]
-    scale = THUMBNAIL_SIDE / max(height, width)
+    scale = side / max(height, width)
     if scale < 1.0:
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         image = F.interpolate(image[None], size=size, mode="area")[0]  # (C, h, w)

@@ -1,4 +1,8 @@
-"""A 2-D map of image embeddings with t-SNE (scikit-learn), on a bounded, deterministic sample.
+"""2-D maps of images with t-SNE (scikit-learn), on a bounded, deterministic sample.
+
+The report draws two maps of the same sampled images side by side, as the MNIST write-up does:
+one of the original pixels, one of the model's embeddings (`draw_maps`), coloured by label where
+the data has labels, each saying how often a point's nearest neighbour shares its label.
 
 t-SNE costs grow quadratically-ish with the number of points, so the report maps at most
 `MAX_POINTS` embeddings (the job hands over a key-hash sample of that size). Embeddings wider
@@ -7,6 +11,8 @@ The seed is fixed, so the same embeddings give the same map.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 
@@ -32,3 +38,68 @@ def embed_2d(embeddings: np.ndarray, *, seed: int = 0, max_points: int = MAX_POI
     perplexity = float(min(30.0, (len(points) - 1) / 3.0))
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed, max_iter=1000)
     return tsne.fit_transform(points).astype(np.float32)  # (N, 2)
+
+
+def neighbour_agreement(points: np.ndarray, labels: np.ndarray) -> float:
+    """Share of points `(N, 2)` whose nearest other point on the map has the same label."""
+    distances = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=-1)  # (N, N)
+    np.fill_diagonal(distances, np.inf)
+    return float(np.mean(labels[distances.argmin(axis=1)] == labels))
+
+
+def pixel_vectors(pngs: list[bytes]) -> np.ndarray:
+    """The small map thumbnails (PNG bytes, all one size) as float vectors `(N, H*W*C)` in [0, 1]."""
+    from raeflow.report.figures import decode_png
+
+    arrays = [decode_png(data).astype(np.float32) / 255.0 for data in pngs]
+    return np.stack([a.reshape(-1) for a in arrays])  # (N, P)
+
+
+def draw_maps(
+    rows: list[dict[str, Any]],
+    *,
+    has_labels: bool,
+    label_names: list[str] | None = None,
+    seed: int = 0,
+) -> tuple[bytes | None, str | None]:
+    """The report's t-SNE figure and a note: original pixels and embeddings side by side.
+
+    `rows` are the sampled images, each with `embedding` (list of floats), `label` (int or None)
+    and `map_png` (a small thumbnail of the original image, or None in parts written before
+    thumbnails existed: then only the embeddings are mapped). Both maps show the same images; where
+    every one has a label the points are coloured by it and each panel says how often a point's
+    nearest neighbour on the map shares its label (how well that space separates the classes).
+    """
+    from raeflow.report.figures import embedding_maps
+
+    if len(rows) < MIN_POINTS:
+        return None, f"Only {len(rows)} images could be mapped; t-SNE needs at least {MIN_POINTS}."
+    embeddings = np.asarray([row["embedding"] for row in rows], dtype=np.float32)  # (N, D)
+    labels = [row.get("label") for row in rows]
+    labelled = has_labels and all(label is not None for label in labels)
+    label_array = np.asarray(labels, dtype=np.int64) if labelled else None
+    spaces: list[tuple[np.ndarray, str]] = []
+    pngs = [row.get("map_png") for row in rows]
+    if all(data is not None for data in pngs):
+        pixels = pixel_vectors(pngs)  # type: ignore[arg-type]
+        spaces.append((pixels, f"original pixels ({pixels.shape[1]:,} values)"))
+    spaces.append((embeddings, f"embeddings ({embeddings.shape[1]:,} values)"))
+    panels = []
+    for vectors, name in spaces:
+        points = embed_2d(vectors, seed=seed, max_points=len(rows))  # (N, 2)
+        if label_array is not None:
+            share = neighbour_agreement(points, label_array)
+            name = f"{name}\nnearest neighbour has the same label: {share:.0%}"
+        panels.append((points, name))
+    title = f"t-SNE of the same {len(rows):,} images" + (", coloured by label" if labelled else "")
+    figure = embedding_maps(panels, label_array, title, label_names)
+    notes = []
+    if len(spaces) == 1:
+        notes.append("Only the embeddings are mapped: this report's parts carry no pixel thumbnails.")
+    if not labelled:
+        notes.append(
+            "Some mapped images have no label, so the maps are not coloured."
+            if has_labels
+            else "The source has no labels, so the maps are not coloured."
+        )
+    return figure, " ".join(notes) or None

@@ -142,3 +142,61 @@ def test_a_folder_of_bad_files_reads_to_the_end_with_distinct_reasons(tmp_path: 
             assert pixels.shape == (64, 96, 3), key
             outcomes[key] = None
     assert outcomes == expected
+
+
+def _save(root: Path, rel: str, seed: int) -> None:
+    photo = skimage.data.astronaut()
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(photo[seed * 8 : seed * 8 + 12, seed * 8 : seed * 8 + 12])).save(
+        path
+    )
+
+
+def test_class_subfolders_give_labels_in_sorted_name_order(tmp_path: Path) -> None:
+    root = tmp_path / "pets"
+    for i, rel in enumerate(["dogs/a.png", "cats/b.png", "cats/c.png", "dogs/puppies/d.png", "birds/e.png"]):
+        _save(root, rel, i)
+    (root / "empty").mkdir()  # no images: no class
+    _save(root, "_hidden/x.png", 7)  # `_` folders are never read
+    source = FolderSource(str(root), files_per_shard=2)  # labels must survive shard boundaries
+    assert source.has_labels and source.label_names == ["birds", "cats", "dogs"]
+    assert "3 classes from subfolder names: 0=birds, 1=cats, 2=dogs" in source.describe()
+    table = read_all(source)
+    labels = dict(zip(table["key"].to_pylist(), table["label"].to_pylist(), strict=True))
+    assert labels == {"birds/e": 0, "cats/b": 1, "cats/c": 1, "dogs/a": 2, "dogs/puppies/d": 2}
+    # The source travels to workers without its listing, and still reads the same labels.
+    import pickle
+
+    shipped = pickle.loads(pickle.dumps(source))
+    assert shipped._listing is None
+    assert read_all(shipped)["label"].to_pylist() == table["label"].to_pylist()
+
+
+def test_flat_or_mixed_folders_stay_unlabelled(tmp_path: Path) -> None:
+    for i, rel in enumerate(["a.png", "b.png"]):
+        _save(tmp_path / "flat", rel, i)
+    flat = open_source(str(tmp_path / "flat"))
+    assert not flat.has_labels and flat.label_names is None and "no labels" in flat.describe()
+    assert read_all(flat)["label"].null_count == 2
+    # An image in the root beside class folders: no labels rather than dropping that image.
+    for i, rel in enumerate(["cats/a.png", "dogs/b.png", "loose.png"]):
+        _save(tmp_path / "mixed", rel, i)
+    mixed = open_source(str(tmp_path / "mixed"))
+    assert not mixed.has_labels
+    assert read_all(mixed).num_rows == 3
+    # One subfolder is one class: a label that says nothing, so none.
+    for i, rel in enumerate(["2023/a.png", "2023/june/b.png"]):
+        _save(tmp_path / "one", rel, i)
+    assert open_source(str(tmp_path / "one")).label_names is None
+
+
+def test_glob_of_class_subfolders_is_labelled_relative_to_the_glob_root(tmp_path: Path) -> None:
+    for i, rel in enumerate(["cats/a.png", "dogs/b.png", "dogs/c.jpg"]):
+        _save(tmp_path / "pets", rel, i)
+    source = open_source(str(tmp_path / "pets" / "*" / "*.png"))
+    assert source.label_names == ["cats", "dogs"]
+    assert dict(zip(*(read_all(source)[c].to_pylist() for c in ("key", "label")), strict=True)) == {
+        "cats/a": 0,
+        "dogs/b": 1,
+    }

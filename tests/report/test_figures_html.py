@@ -13,7 +13,7 @@ from PIL import Image
 from raeflow.data import images
 from raeflow.report.figures import GridItem, comparison_grid, embedding_map, metric_histograms
 from raeflow.report.html import render_report
-from raeflow.report.tsne import embed_2d
+from raeflow.report.tsne import embed_2d, neighbour_agreement
 
 
 def _colours(png: bytes) -> int:
@@ -57,9 +57,10 @@ def test_tsne_separates_digit_classes_deterministically() -> None:
     assert points.shape == (300, 2)
     np.testing.assert_array_equal(points, embed_2d(x, seed=0))
     # Real digits form clusters: a point's nearest neighbour on the map mostly has its label.
-    distances = np.linalg.norm(points[:, None] - points[None], axis=-1)
-    np.fill_diagonal(distances, np.inf)
-    assert np.mean(y[distances.argmin(axis=1)] == y) > 0.8
+    assert neighbour_agreement(points, y) > 0.8
+    assert (
+        neighbour_agreement(points, np.random.default_rng(0).permutation(y)) < 0.3
+    )  # labels that do not fit
     png = embedding_map(points, y, "digits")
     assert _colours(png) > 10
     with pytest.raises(ValueError, match="t-SNE takes"):
@@ -107,3 +108,84 @@ def test_html_shows_its_images_in_a_browser(tmp_path: Path, open_in_browser) -> 
     non_white = np.any(view.screenshot < 240, axis=-1).mean()
     assert non_white > 0.03
     assert len(np.unique(view.screenshot.reshape(-1, 3), axis=0)) > 50
+
+
+def _width_and_colours(png: bytes) -> tuple[int, int, set[tuple[int, ...]]]:
+    with Image.open(io.BytesIO(png)) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    return pixels.shape[1], pixels.shape[0], {tuple(c) for c in np.unique(pixels.reshape(-1, 3), axis=0)}
+
+
+def _has_colour(colours: set[tuple[int, ...]], rgb: tuple[int, int, int]) -> bool:
+    return any(max(abs(int(a) - b) for a, b in zip(c, rgb, strict=True)) <= 40 for c in colours)
+
+
+TAB10_FIRST = ((31, 119, 180), (255, 127, 14), (44, 160, 44))
+"""tab10's colours of labels 0, 1, 2 (blue, orange, green)."""
+
+
+def test_maps_of_pixels_and_embeddings_side_by_side(digits_bundle: str, digit_rows) -> None:
+    from raeflow.report.predictor import MAP_COLUMN, ReportPredictor
+    from raeflow.report.tsne import draw_maps
+
+    table = ReportPredictor(digits_bundle, map_size=40)(digit_rows)
+    rows = [row for row in table.to_pylist() if row["embedding"] is not None]
+    # The rows that entered the actor's running map sample carry an embedding and a map thumbnail.
+    assert len(rows) >= 40 and all(row[MAP_COLUMN] is not None for row in rows)
+    assert all(Image.open(io.BytesIO(row[MAP_COLUMN])).size == (8, 8) for row in rows)  # small: kept as is
+
+    both, note = draw_maps(rows, has_labels=True)
+    assert both is not None and note is None
+    one, one_note = draw_maps([{**row, MAP_COLUMN: None} for row in rows], has_labels=True)
+    assert one is not None and "Only the embeddings" in (one_note or "")
+    width_two, height_two, colours = _width_and_colours(both)
+    width_one, height_one, _ = _width_and_colours(one)
+    assert height_two == height_one and width_two > 1.6 * width_one  # two panels, side by side
+    assert all(_has_colour(colours, rgb) for rgb in TAB10_FIRST)  # coloured by label
+
+    plain, plain_note = draw_maps(rows, has_labels=False)
+    assert plain is not None and "no labels" in (plain_note or "")
+    assert not _has_colour(_width_and_colours(plain)[2], TAB10_FIRST[1])  # no orange: not coloured
+    assert draw_maps(rows[:3], has_labels=True) == (
+        None,
+        "Only 3 images could be mapped; t-SNE needs at least 5.",
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("ray_session")
+def test_report_of_a_class_folder_maps_pixels_and_embeddings_by_label(
+    digits_bundle: str, tmp_path: Path
+) -> None:
+    import json
+
+    import pyarrow.parquet as pq
+    from click.testing import CliRunner
+    from sklearn.datasets import load_digits
+
+    from raeflow.cli import main
+
+    digits = load_digits()
+    for i in range(40):
+        folder = tmp_path / "digits" / ("even" if digits.target[i] % 2 == 0 else "odd")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((digits.images[i] * 16).clip(0, 255).astype(np.uint8)).save(folder / f"d{i:02d}.png")
+    out = tmp_path / "report"
+    args = ["report", "--data", str(tmp_path / "digits"), "--model", digits_bundle, "--out", str(out)]
+    result = CliRunner().invoke(main, [*args, "--tsne", "--quiet"])
+    assert result.exit_code == 0, result.output
+
+    table = pq.read_table(out / "metrics.parquet").to_pandas()
+    expected = {
+        f"{'even' if t % 2 == 0 else 'odd'}/d{i:02d}": int(t % 2) for i, t in enumerate(digits.target[:40])
+    }
+    assert dict(zip(table["key"], table["label"], strict=True)) == expected  # even -> 0, odd -> 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert "2 classes from subfolder names: 0=even, 1=odd" in summary["source"]
+    assert "tsne" not in summary["notes"]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert 'id="fig-tsne" alt="t-SNE maps: original pixels vs embeddings"' in html
+    assert "0=even, 1=odd" in html
+    width, height, colours = _width_and_colours((out / "figures" / "tsne.png").read_bytes())
+    assert width > 1.6 * height  # two square-ish maps side by side
+    assert _has_colour(colours, TAB10_FIRST[0]) and _has_colour(colours, TAB10_FIRST[1])

@@ -4,6 +4,14 @@ Shards are fixed-size chunks of the sorted file list, so the shard list only cha
 were added or removed. Two files that differ only in extension (`a.jpg`, `a.png`) would share a
 key: such files keep their extension in the key (`a.jpg`, `a.png`) so no image is silently
 dropped; every other key has none.
+
+Labels follow torchvision's ImageFolder convention: when every image sits below a first-level
+subfolder of the root (`cats/x.jpg`, `dogs/y.jpg`, `dogs/puppies/z.jpg`), the subfolder names are
+the classes and label = the class's position in the sorted list of names (`cats` -> 0, `dogs` -> 1).
+Subfolders without images are no class. A flat folder, a folder with a single subfolder (one
+class says nothing), or one with images directly in the root beside subfolders has no labels
+(raeflow never drops images to make a layout fit). The mapping is
+`FolderSource.label_names` and appears in `describe()`, so it is printed in summaries and reports.
 """
 
 from __future__ import annotations
@@ -31,13 +39,14 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 """File names (lower-cased) a folder source reads; other files are ignored."""
 FILES_PER_SHARD = 1000
 """Default number of files in one shard."""
+NAMES_SHOWN = 20
+"""`describe()` lists at most this many class names."""
 
 
 class FolderSource(Source):
     """Image files under a folder (or matching a glob), read in sorted order."""
 
     kind = "folder"
-    has_labels = False
 
     def __init__(
         self,
@@ -50,6 +59,51 @@ class FolderSource(Source):
         if files_per_shard < 1:
             raise ValueError("files_per_shard must be at least 1")
         self.files_per_shard = files_per_shard
+        self._listing: tuple[str, list[str]] | None = None
+        self._label_names: tuple[str, ...] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers get their files from the shards: the (possibly huge) listing does not travel.
+        return {**self.__dict__, "_listing": None}
+
+    @property
+    def label_names(self) -> list[str] | None:
+        """Class names by label (label `i` is `label_names[i]`), or None for an unlabelled folder."""
+        if self._listing is None and self._label_names is None:
+            self._list()
+        return None if self._label_names is None else list(self._label_names)
+
+    @property
+    def has_labels(self) -> bool:  # type: ignore[override]
+        """Whether the folder is a tree of class subfolders (see the module docstring)."""
+        return self.label_names is not None
+
+    def describe(self) -> str:
+        """One line: the kind, the URI and, for class subfolders, the label of each class name."""
+        names = self.label_names
+        if names is None:
+            return f"{self.kind} source {self.uri} (no labels: no class subfolders)"
+        shown = ", ".join(f"{i}={name}" for i, name in enumerate(names[:NAMES_SHOWN]))
+        more = f", ... ({len(names) - NAMES_SHOWN} more)" if len(names) > NAMES_SHOWN else ""
+        return f"{self.kind} source {self.uri} ({len(names)} classes from subfolder names: {shown}{more})"
+
+    def _list(self) -> tuple[str, list[str]]:
+        """The root and sorted image files (listed once per process), and the class names."""
+        if self._listing is None:
+            fs, path = filesystem(self.uri, self.storage_options)
+            require_exists(fs, path, self.uri, "a folder of image files")
+            files = list_files(fs, path, IMAGE_SUFFIXES)
+            if not files:
+                kinds = ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES)
+                raise SourceError(f"no image files ({kinds}) under {self.uri}")
+            if is_glob(path):
+                root = glob_root(path)
+            else:
+                root = path if fs.isdir(path) else posixpath.dirname(path)
+            self._listing = (root, files)
+            names = class_names(root, files)
+            self._label_names = None if names is None else tuple(names)
+        return self._listing
 
     @classmethod
     def sniff(cls, fs: Any, path: str) -> bool:
@@ -58,17 +112,10 @@ class FolderSource(Source):
 
     def list_shards(self) -> list[Shard]:
         """Chunks of `files_per_shard` files of the sorted list of image files."""
-        fs, path = filesystem(self.uri, self.storage_options)
-        require_exists(fs, path, self.uri, "a folder of image files")
-        files = list_files(fs, path, IMAGE_SUFFIXES)
-        if not files:
-            kinds = ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES)
-            raise SourceError(f"no image files ({kinds}) under {self.uri}")
-        if is_glob(path):
-            root = glob_root(path)
-        else:
-            root = path if fs.isdir(path) else posixpath.dirname(path)
+        fs, _ = filesystem(self.uri, self.storage_options)
+        root, files = self._list()
         keys = folder_keys(root, files)
+        labels = file_labels(root, files, self._label_names)
         shards = []
         for index, start in enumerate(range(0, len(files), self.files_per_shard)):
             stop = min(start + self.files_per_shard, len(files))
@@ -79,7 +126,7 @@ class FolderSource(Source):
                     paths=tuple(to_uri(fs, p) for p in files[start:stop]),
                     start=start,
                     stop=stop,
-                    extra={"keys": keys[start:stop]},
+                    extra={"keys": keys[start:stop], "labels": labels[start:stop]},
                 )
             )
         return shards
@@ -88,6 +135,7 @@ class FolderSource(Source):
         """The shard's files as rows; a file that cannot be read is a row with an `error`."""
         fs, _ = filesystem(self.uri, self.storage_options)
         keys: list[str] = shard.extra["keys"]
+        labels: list[int | None] = shard.extra.get("labels") or [None] * len(keys)
         for start in range(0, len(shard.paths), batch_rows):
             uris = list(shard.paths[start : start + batch_rows])
             contents = read_files(fs, [fs._strip_protocol(u) for u in uris])
@@ -105,7 +153,7 @@ class FolderSource(Source):
                     "key": keys[start : start + batch_rows],
                     "source": uris,
                     "image": images,
-                    "label": pa.nulls(len(uris), pa.int64()),
+                    "label": pa.array(labels[start : start + batch_rows], pa.int64()),
                     "error": errors,
                 },
                 schema=ROW_SCHEMA,
@@ -114,10 +162,32 @@ class FolderSource(Source):
 
 def folder_keys(root: str, files: list[str]) -> list[str]:
     """Keys of `files` under `root`: relative path without extension, unless that is ambiguous."""
-    relative = [posixpath.relpath(f, root) if root else f for f in files]
+    relative = _relative(root, files)
     stems = [posixpath.splitext(r)[0] for r in relative]
     stem_counts = Counter(stems)
     keys = [s if stem_counts[s] == 1 else r for s, r in zip(stems, relative, strict=True)]
     # A kept extension can equal another file's stem (`a.png` vs `a.png.jpg`): that one keeps its too.
     key_counts = Counter(keys)
     return [r if key_counts[k] > 1 else k for k, r in zip(keys, relative, strict=True)]
+
+
+def _relative(root: str, files: list[str]) -> list[str]:
+    return [posixpath.relpath(f, root) if root else f for f in files]
+
+
+def class_names(root: str, files: list[str]) -> list[str] | None:
+    """Sorted first-level subfolder names when every file sits in one and there are at least two,
+    else None (unlabelled)."""
+    parts = [r.split("/", 1) for r in _relative(root, files)]
+    if not parts or any(len(p) == 1 or p[0] in ("", ".", "..") for p in parts):
+        return None
+    names = sorted({p[0] for p in parts})
+    return names if len(names) >= 2 else None
+
+
+def file_labels(root: str, files: list[str], names: tuple[str, ...] | list[str] | None) -> list[int | None]:
+    """Label of each file: the position of its first-level folder in `names` (None when unlabelled)."""
+    if names is None:
+        return [None] * len(files)
+    index = {name: i for i, name in enumerate(names)}
+    return [index[r.split("/", 1)[0]] for r in _relative(root, files)]
