@@ -24,7 +24,8 @@ from raeflow import console
 from raeflow.errors import ClusterError
 
 CONNECT_TIMEOUT_S = 30.0
-"""Longest wait for a cluster given by --address / $RAY_ADDRESS to accept this driver."""
+"""Longest wait for a cluster given by --address / $RAY_ADDRESS to accept this driver
+(`$RAEFLOW_CONNECT_TIMEOUT_S` overrides it)."""
 PROBE_TIMEOUT_S = 5.0
 """Longest wait for the address's TCP port to accept a connection at all."""
 DRIVER_LOG = "raeflow-driver.log"
@@ -49,14 +50,14 @@ def connect_ray(
     *,
     num_cpus: int | None = None,
     verbose: bool | None = None,
-    timeout_s: float = CONNECT_TIMEOUT_S,
+    timeout_s: float | None = None,
 ) -> None:
     """Join the Ray at `address` (else `$RAY_ADDRESS`), or start a private local one; no-op when connected.
 
     `num_cpus` sizes a private local Ray only (a cluster that is joined keeps its own resources).
     `verbose` (default: the console level) lets Ray's own log lines reach the console; otherwise
     they stay in Ray's log folder (`ray_log_dir()`). Raises `ClusterError` when the cluster at
-    `address` cannot be reached within `timeout_s`.
+    `address` cannot be reached within `timeout_s` (default `CONNECT_TIMEOUT_S`).
     """
     import ray
 
@@ -76,6 +77,8 @@ def connect_ray(
     else:
         if host_port is not None:
             _probe(target, *host_port)
+        if timeout_s is None:
+            timeout_s = float(os.environ.get("RAEFLOW_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
         _join(target, verbose=verbose, timeout_s=timeout_s)
     ray.data.DataContext.get_current().enable_progress_bars = False  # raeflow.progress shows progress
     _route_ray_logs(verbose)  # ray.init may have added handlers of its own
