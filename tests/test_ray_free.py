@@ -1,4 +1,4 @@
-"""The core never imports Ray: models, decoding, noise, sources, report metrics, predictors, the plain loop."""
+"""The core never imports Ray: models, decoding, noise, sources, report metrics, predictors, plain loop."""
 
 from __future__ import annotations
 
