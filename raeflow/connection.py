@@ -13,6 +13,7 @@ the session's log folder unless the console is verbose (`raeflow.console`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -72,18 +73,24 @@ def connect_ray(
     import ray.data  # noqa: F401 - sets up Ray Data's loggers, which are routed next
 
     _route_ray_logs(verbose)
-    if target is None:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=verbose)
-    else:
-        if host_port is not None:
-            _probe(target, *host_port)
-        if timeout_s is None:
-            timeout_s = float(os.environ.get("RAEFLOW_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
-        _join(target, verbose=verbose, timeout_s=timeout_s)
+    pending = None if verbose else _NativeStderr.to_temp_file()
+    try:
+        if target is None:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=verbose)
+        else:
+            if host_port is not None:
+                _probe(target, *host_port)
+            if timeout_s is None:
+                timeout_s = float(os.environ.get("RAEFLOW_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
+            _join(target, verbose=verbose, timeout_s=timeout_s)
+    except BaseException:
+        if pending is not None:
+            pending.discard()
+        raise
     ray.data.DataContext.get_current().enable_progress_bars = False  # raeflow.progress shows progress
     _route_ray_logs(verbose)  # ray.init may have added handlers of its own
-    if not verbose:
-        _keep_ray_lines_in_log_folder()
+    if pending is not None:
+        _keep_ray_lines_in_log_folder(pending)
 
 
 def ray_log_dir() -> str | None:
@@ -182,12 +189,58 @@ def _route_ray_logs(verbose: bool) -> None:
                 handler.setLevel(logging.NOTSET if verbose else _OFF)
 
 
-def _keep_ray_lines_in_log_folder() -> None:
-    """Send what Ray would print on this driver's console to files in Ray's session log folder.
+class _NativeStderr:
+    """File descriptor 2 pointed at a file, while `sys.stderr` keeps the terminal.
 
-    Python log records of the `ray` loggers go to `raeflow-driver.log`; the C++ core worker writes
-    its ERROR lines straight to file descriptor 2, so that descriptor is pointed at
-    `raeflow-driver-<pid>.err` while `sys.stderr` keeps the terminal.
+    Ray's C++ core worker writes its warning and error lines straight to descriptor 2 (the
+    connection retries, "constructor arguments in the object store"); Python code keeps printing
+    to the terminal through a duplicate of the original descriptor.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @classmethod
+    def to_temp_file(cls) -> _NativeStderr | None:
+        """Start collecting descriptor 2 in a temporary file (None when stderr is not descriptor 2)."""
+        try:
+            if sys.stderr.fileno() != 2:
+                return None
+        except (AttributeError, OSError, ValueError):
+            return None  # stderr is captured (tests): leave the process's descriptors alone
+        import tempfile
+
+        handle, path = tempfile.mkstemp(prefix=f"raeflow-{os.getpid()}-", suffix=".err")
+        sys.stderr.flush()
+        terminal = os.dup(2)
+        os.dup2(handle, 2)
+        os.close(handle)
+        encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+        sys.stderr = open(terminal, "w", buffering=1, encoding=encoding, errors="backslashreplace")  # noqa: SIM115
+        return cls(path)
+
+    def move_to(self, path: str) -> None:
+        """Continue in `path` (appending what was collected so far), dropping the temporary file."""
+        with open(self.path, "rb") as collected, open(path, "ab") as target:
+            target.write(collected.read())
+        moved = os.open(path, os.O_WRONLY | os.O_APPEND)
+        os.dup2(moved, 2)
+        os.close(moved)
+        os.unlink(self.path)
+        self.path = path
+
+    def discard(self) -> None:
+        """Drop the temporary file (its lines only repeat the error raeflow reports)."""
+        if os.path.basename(self.path).startswith("raeflow-"):
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+
+def _keep_ray_lines_in_log_folder(native: _NativeStderr) -> None:
+    """Keep what Ray would print on this driver's console in files in Ray's session log folder.
+
+    Python log records of the `ray` loggers go to `raeflow-driver.log`; the C++ core worker's
+    lines on descriptor 2 to `raeflow-driver-<pid>.err`.
     """
     log_dir = ray_log_dir()
     if log_dir is None:
@@ -199,22 +252,7 @@ def _keep_ray_lines_in_log_folder() -> None:
         handler = logging.FileHandler(path)
         handler.setFormatter(logging.Formatter("%(asctime)s\t%(levelname)s %(name)s -- %(message)s"))
         ray_logger.addHandler(handler)
-    try:
-        if sys.stderr.fileno() != 2:
-            return
-    except (AttributeError, OSError, ValueError):
-        return  # stderr is not the process's descriptor 2 (tests capturing it): leave it alone
-    sys.stderr.flush()
-    terminal = os.dup(2)
-    native = os.open(
-        os.path.join(log_dir, f"raeflow-driver-{os.getpid()}.err"),
-        os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-        0o644,
-    )
-    os.dup2(native, 2)
-    os.close(native)
-    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
-    sys.stderr = open(terminal, "w", buffering=1, encoding=encoding, errors="backslashreplace")  # noqa: SIM115
+    native.move_to(os.path.join(log_dir, f"raeflow-driver-{os.getpid()}.err"))
 
 
 def require_gpus(num_gpus: int = 1) -> None:

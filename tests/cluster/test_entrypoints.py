@@ -38,7 +38,16 @@ def test_entrypoint_fails_like_the_command(
     missing = tmp_path / "no-such-model"
     args = ["--data", "builtin:digits", "--model", str(missing), "--out", str(tmp_path / "out")]
     if job == "train":
-        args = ["--data", "builtin:digits", "--model", "conv", "--out", str(tmp_path / "out"), "--epochs", "0"]
+        args = [
+            "--data",
+            "builtin:digits",
+            "--model",
+            "conv",
+            "--out",
+            str(tmp_path / "out"),
+            "--epochs",
+            "0",
+        ]
     monkeypatch.setattr(sys, "argv", [f"jobs/{job}.py", *args])
     with pytest.raises(SystemExit) as exited:
         runpy.run_path(str(REPO / "jobs" / f"{job}.py"), run_name="__main__")
