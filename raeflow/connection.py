@@ -93,6 +93,18 @@ def connect_ray(
         _keep_ray_lines_in_log_folder(pending)
 
 
+def check_reachable(address: str | None) -> None:
+    """Raise `ClusterError` at once, without starting Ray, when the cluster to join cannot be reached.
+
+    Commands call it while validating their settings, so an unreachable --address / $RAY_ADDRESS
+    is refused before anything is written; a private local Ray (no address) always passes.
+    """
+    target = resolve_address(address)
+    host_port = _gcs_host_port(target) if target else None
+    if target and host_port is not None:
+        _probe(target, *host_port)
+
+
 def ray_log_dir() -> str | None:
     """The connected Ray session's log folder on this machine (None when not connected)."""
     import ray

@@ -17,6 +17,7 @@ import click
 from raeflow import console
 from raeflow.batch.config import OUTPUT_FORMATS, DenoiseConfig, EmbedConfig
 from raeflow.commands.options import OptionSpec, console_options, settings_from, settings_options
+from raeflow.connection import check_reachable
 from raeflow.errors import ConfigError
 
 RUN_SKIP = ("quiet", "decode_in_read", "decode_batch_size")
@@ -50,6 +51,7 @@ def prepare(config: Any) -> Any:
     config.run.quiet = console.is_quiet()
     config.validate()
     check_out_folder(config.out)
+    check_reachable(config.run.address)
     return config
 
 

@@ -10,6 +10,7 @@ import click
 
 from raeflow.commands.batch import check_out_folder
 from raeflow.commands.options import OptionSpec, console_options, settings_from, settings_options
+from raeflow.connection import check_reachable
 from raeflow.train.config import PLACEMENTS, TrainConfig, parse_model_args
 
 TRAIN_SPECS: dict[str, OptionSpec] = {
@@ -53,6 +54,7 @@ def train_command(**options) -> None:
 
     config = settings_from(TrainConfig, options).validate()
     check_out_folder(config.out)
+    check_reachable(config.address)
     summary = run_training(config, echo=click.echo)
     last = summary.last
     started = f" (continued after epoch {summary.resumed_from})" if summary.resumed_from else ""
