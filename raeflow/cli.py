@@ -27,6 +27,9 @@ class _Group(click.Group):
         try:
             result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as err:
+            if type(err).__name__ == "NoArgsIsHelpError" and err.ctx is not None:
+                click.echo(err.ctx.get_help())  # a bare `raeflow` or `raeflow jobs`: the help, not an error
+                sys.exit(0)
             command = err.ctx.command_path if err.ctx is not None else "raeflow"
             click.echo(f"error: {_one_line(err.format_message())} (see `{command} --help`)", err=True)
             sys.exit(2)

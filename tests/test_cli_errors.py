@@ -45,6 +45,12 @@ def test_usage_errors_are_one_line_with_exit_code_2(args: list[str], says: str) 
     assert says in line and "--help" in line
 
 
+@pytest.mark.parametrize("args", [[], ["jobs"]])
+def test_a_bare_group_shows_its_help(args: list[str]) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and result.stdout.startswith("Usage: ") and "Commands:" in result.stdout
+
+
 def test_embed_refuses_bad_values_before_anything_runs(bundles: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "out"
     base = ["embed", "--data", "builtin:digits", "--model", bundles["fixed"], "--out", str(out)]
