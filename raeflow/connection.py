@@ -76,7 +76,7 @@ def connect_ray(
     pending = None if verbose else _NativeStderr.to_temp_file()
     try:
         if target is None:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=verbose)
+            _start_local(num_cpus, verbose=verbose)
         else:
             if host_port is not None:
                 _probe(target, *host_port)
@@ -150,6 +150,20 @@ def _probe(target: str, host: str, port: int) -> None:
         raise ClusterError(
             f"cannot reach a Ray cluster at {target} ({reason}): is it up? Check --address / "
             "RAY_ADDRESS, or leave both out to run on a private local Ray"
+        ) from None
+
+
+def _start_local(num_cpus: int | None, *, verbose: bool) -> None:
+    """Start this command's private local Ray; a failure to start is one line, not Ray's traceback."""
+    import ray
+
+    try:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=verbose)
+    except Exception as err:  # noqa: BLE001 - Ray raises bare Exceptions for startup failures
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ClusterError(
+            f"could not start a local Ray: {lines[0] if lines else type(err).__name__} (is the machine "
+            "out of memory or overloaded? Ray's logs: /tmp/ray/session_latest/logs)"
         ) from None
 
 
