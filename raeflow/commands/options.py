@@ -28,7 +28,7 @@ from typing import Any
 import click
 
 from raeflow import console
-from raeflow.errors import ConfigError
+from raeflow.train.config import parse_image_size  # the one parser of H[xW] sizes
 
 Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
 
@@ -75,22 +75,6 @@ def _field_help(cls: type) -> tuple[tuple[str, str], ...]:
         ):
             docs.append((node.target.id, " ".join(following.value.value.split())))
     return tuple(docs)
-
-
-def parse_image_size(text: str | None) -> tuple[int, int] | None:
-    """`28` -> (28, 28), `32x48` -> (32, 48) (height x width); None stays None."""
-    if text is None:
-        return None
-    parts = str(text).lower().split("x")
-    try:
-        sizes = [int(part) for part in parts]
-    except ValueError:
-        sizes = []
-    if len(sizes) == 1:
-        return sizes[0], sizes[0]
-    if len(sizes) == 2:
-        return sizes[0], sizes[1]
-    raise ConfigError(f"--image-size must look like 28 or 32x48 (height x width), got {text!r}")
 
 
 def option_name(name: str) -> str:
