@@ -12,19 +12,61 @@ import sys
 
 import click
 
-from raeflow import __version__
+from raeflow import __version__, console
 from raeflow.errors import RaeflowError
 
 
 class _Group(click.Group):
-    """A click group that reports user mistakes in one line instead of a traceback."""
+    """A click group that reports user mistakes, its own usage errors included, in one line."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        console.set_level("normal")  # each run chooses its own (tests run many in one process)
+        prog_name = prog_name or "raeflow"
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as err:
+            if type(err).__name__ == "NoArgsIsHelpError" and err.ctx is not None:
+                click.echo(err.ctx.get_help())  # a bare `raeflow` or `raeflow jobs`: the help, not an error
+                sys.exit(0)
+            command = err.ctx.command_path if err.ctx is not None else "raeflow"
+            click.echo(f"error: {_one_line(err.format_message())} (see `{command} --help`)", err=True)
+            sys.exit(2)
+        except click.ClickException as err:
+            click.echo(f"error: {_one_line(err.format_message())}", err=True)
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(130)
+        sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx: click.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except RaeflowError as err:
-            click.echo(f"error: {err}", err=True)
+            click.echo(f"error: {_one_line(str(err))}", err=True)
             sys.exit(2)
+        except Exception:
+            _point_at_ray_logs()
+            raise
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _point_at_ray_logs() -> None:
+    """After a crash, say where Ray's own logs of this run are (they are not on the console)."""
+    import sys as _sys
+
+    if "ray" not in _sys.modules:
+        return
+    from raeflow.connection import ray_log_dir
+
+    folder = ray_log_dir()
+    if folder:
+        click.echo(f"Ray's logs of this run: {folder}", err=True)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

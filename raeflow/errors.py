@@ -21,3 +21,7 @@ class BundleError(RaeflowError):
 
 class JobError(RaeflowError):
     """A batch or cluster job that ran but did not do what was asked (too many rejects, failed job)."""
+
+
+class ClusterError(RaeflowError):
+    """A Ray cluster that cannot be reached, or that lacks what the command asks for (GPUs)."""

@@ -40,7 +40,7 @@ class RunOptions:
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if self.worker_cpus <= 0:
-            raise ConfigError(f"worker CPUs must be positive, got {self.worker_cpus}")
+            raise ConfigError(f"--worker-cpus must be positive, got {self.worker_cpus}")
         if self.max_rejected is not None and not 0.0 <= self.max_rejected <= 1.0:
             raise ConfigError(f"--max-rejected is a fraction between 0 and 1, got {self.max_rejected}")
 
@@ -63,6 +63,13 @@ class EmbedConfig:
     """Resize images to H x W before encoding; required for fully convolutional models."""
     run: RunOptions = field(default_factory=RunOptions)
     """How the job runs on Ray."""
+
+    def validate(self) -> None:
+        """Raise `ConfigError` for values that cannot work."""
+        self.run.validate()
+        if self.image_size is not None and min(self.image_size) < 1:
+            height, width = self.image_size
+            raise ConfigError(f"--image-size must be at least 1x1, got {height}x{width}")
 
     def output_settings(self) -> dict[str, Any]:
         """The settings that shape the output; a rerun into the same --out must match them."""
@@ -97,7 +104,7 @@ class DenoiseConfig:
     tile_overlap: int = 32
     """Pixels shared by neighbouring tiles, blended linearly so no seam shows."""
     max_pixels_per_pass: int = 1024 * 1024
-    """Images with more pixels than this are tiled (when --tile is not given)."""
+    """Images with more pixels (height x width) than this are tiled (when --tile is not given)."""
     jpeg_quality: int = 95
     """Quality of JPEG outputs."""
     source_format: str | None = None
@@ -117,7 +124,9 @@ class DenoiseConfig:
                 f"--tile {self.tile} must be larger than twice the tile overlap ({self.tile_overlap})"
             )
         if self.tile_overlap < 0:
-            raise ConfigError(f"tile overlap must be >= 0, got {self.tile_overlap}")
+            raise ConfigError(f"--tile-overlap must be >= 0, got {self.tile_overlap}")
+        if self.max_pixels_per_pass < 1:
+            raise ConfigError(f"--max-pixels-per-pass must be at least 1, got {self.max_pixels_per_pass}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"--jpeg-quality must be within 1..100, got {self.jpeg_quality}")
 

@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import shlex
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +37,20 @@ DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "STOPPED")
 """Job states after which nothing more happens."""
+
+RETRY_FOR_S = 120.0
+"""How long a submission keeps retrying a head that is not ready yet (just started, agent coming up)."""
+RETRY_FIRST_WAIT_S = 1.0
+"""First pause between retries; it doubles up to `RETRY_MAX_WAIT_S`."""
+RETRY_MAX_WAIT_S = 10.0
+"""Longest pause between retries."""
+TRANSIENT_ANSWERS = ("No available agent", "please try again later")
+"""Jobs API answers that mean "not yet" (a head still starting), not "no"; so do 502/503/504."""
+
+
+class _NotReady(Exception):
+    """The head answered in a way that may change in a few seconds (see `TRANSIENT_ANSWERS`)."""
+
 
 CODE_EXCLUDES = [
     "/.venv",
@@ -108,20 +123,54 @@ def job_code(job: str, *, ship_code: bool = True) -> JobCode:
 class ClusterClient:
     """A connection to one head's Jobs API, authenticated with the cluster's token when one is found."""
 
-    def __init__(self, address: str | None = None, token: ClusterToken | None = None) -> None:
+    def __init__(
+        self, address: str | None = None, token: ClusterToken | None = None, *, retry_for_s: float = 0.0
+    ) -> None:
+        """`retry_for_s` > 0: keep retrying "not ready yet" answers (a head that is still starting)
+        that long, with backoff and one waiting line on stderr, before giving up."""
         self.address = resolve_address(address)
         self.token = token if token is not None else find_token()
+        self.retry_for_s = retry_for_s
+        self._announced = False
         headers = self.token.http_headers() if self.token else {}
         from ray.job_submission import JobSubmissionClient
 
         _quiet_ray_client_logs()  # after importing ray, which sets up its loggers
 
-        with self._answers():
-            self._client = JobSubmissionClient(self.address, headers=headers)
+        self._client = self._retrying(lambda: JobSubmissionClient(self.address, headers=headers))
+
+    def _retrying(self, call: Any, job_id: str | None = None) -> Any:
+        """`call()` with the Jobs API's answers made one-line errors; transient ones retried for a while."""
+        deadline = time.monotonic() + self.retry_for_s
+        pause = RETRY_FIRST_WAIT_S
+        while True:
+            try:
+                with self._answers(job_id, retry=self.retry_for_s > 0):
+                    return call()
+            except _NotReady as not_ready:
+                if time.monotonic() + pause > deadline:
+                    raise RaeflowError(
+                        f"the Ray head at {self.address} was still not ready after {self.retry_for_s:.0f} s "
+                        f"({not_ready}); check it with `ray status` on the head, then submit again"
+                    ) from None
+                if not self._announced:
+                    self._announced = True
+                    print(
+                        f"waiting for the Ray head at {self.address} to accept jobs ({not_ready}); "
+                        f"retrying for up to {self.retry_for_s:.0f} s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                time.sleep(pause)
+                pause = min(2 * pause, RETRY_MAX_WAIT_S)
 
     @contextlib.contextmanager
-    def _answers(self, job_id: str | None = None) -> Iterator[None]:
-        """Turn the Jobs API's refusals and failures into one-line RaeflowErrors."""
+    def _answers(self, job_id: str | None = None, *, retry: bool = False) -> Iterator[None]:
+        """Turn the Jobs API's refusals and failures into one-line RaeflowErrors.
+
+        With `retry`, answers that mean "not yet" (connection refused, 502/503, "No available agent")
+        raise `_NotReady` instead; refusals (401/403) and bad requests stay final.
+        """
         import requests
         from ray.exceptions import AuthenticationError
 
@@ -130,6 +179,8 @@ class ClusterClient:
         except AuthenticationError as err:
             raise RaeflowError(self._auth_problem(str(err))) from None
         except (ConnectionError, requests.exceptions.ConnectionError):
+            if retry:
+                raise _NotReady("nothing answers yet") from None
             raise RaeflowError(
                 f"cannot reach the Ray Jobs API at {self.address}: is the cluster up, and the tunnel open "
                 "(`ray dashboard cluster.yaml`)? Pass --address or set RAY_ADDRESS"
@@ -138,6 +189,8 @@ class ClusterClient:
             text = str(err)
             if job_id and ("404" in text or "does not exist" in text):
                 raise RaeflowError(f"no job {job_id!r} on the cluster at {self.address}") from None
+            if retry and _is_transient(text):
+                raise _NotReady(_first_line(text)[:160]) from None
             raise RaeflowError(f"the Ray head at {self.address} answered: {_first_line(text)}") from None
 
     def _auth_problem(self, text: str) -> str:
@@ -155,13 +208,14 @@ class ClusterClient:
         """Submit `raeflow <job> <args>` to the cluster; returns the submission id."""
         code = job_code(job, ship_code=ship_code)
         submission_id = f"raeflow-{job}-{secrets.token_hex(4)}"
-        with self._answers():
-            return self._client.submit_job(
+        return self._retrying(
+            lambda: self._client.submit_job(
                 entrypoint=shlex.join([*code.command, *args]),
                 runtime_env=code.runtime_env or None,
                 submission_id=submission_id,
                 metadata={"raeflow.job": job, "raeflow.version": raeflow.__version__},
             )
+        )
 
     def status(self, job_id: str) -> Any:
         """The job's `JobInfo` (status, message, entrypoint, times)."""
@@ -228,6 +282,16 @@ def _quiet_ray_client_logs() -> None:
     logging.getLogger("ray._private.runtime_env.working_dir").setLevel(logging.ERROR)
     # It warns of a missing token before the request; raeflow reports the head's refusal instead.
     logging.getLogger("ray._private.authentication.http_token_authentication").setLevel(logging.ERROR)
+
+
+def _is_transient(text: str) -> bool:
+    """Whether a Jobs API failure means "try again shortly" (see `TRANSIENT_ANSWERS`)."""
+    first = _first_line(text)
+    if "status code" in first:
+        code = first.split("status code", 1)[1].strip()[:3]
+        if code in ("502", "503", "504"):
+            return True
+    return any(marker in text for marker in TRANSIENT_ANSWERS[:2])
 
 
 def _first_line(text: str) -> str:

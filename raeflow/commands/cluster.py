@@ -44,9 +44,9 @@ def submit(job: str, args: tuple[str, ...], address: str | None, wait: bool, no_
     \b
       raeflow submit embed --wait -- --data s3://b/images --model s3://b/model --out s3://b/emb
     """
-    from raeflow.cluster.submit import ClusterClient, raise_unless_succeeded
+    from raeflow.cluster.submit import RETRY_FOR_S, ClusterClient, raise_unless_succeeded
 
-    client = ClusterClient(address)
+    client = ClusterClient(address, retry_for_s=RETRY_FOR_S)
     job_id = client.submit(job, list(args), ship_code=not no_code)
     click.echo(job_id)
     click.echo(f"submitted {job} to {client.address}; logs: raeflow jobs logs {job_id} --follow", err=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from raeflow.commands.options import console_options
 from raeflow.demo import DemoConfig
 
 
@@ -35,6 +36,7 @@ from raeflow.demo import DemoConfig
 @click.option(
     "--tsne/--no-tsne", default=True, show_default=True, help="Add a t-SNE map of the codes to the report."
 )
+@console_options
 def demo(out: str, epochs: int, train_images: int, noise: str, tsne: bool) -> None:
     """Run the whole flow on builtin MNIST digits with an embedded local Ray.
 

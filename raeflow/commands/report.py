@@ -1,6 +1,8 @@
 """`raeflow report`: parse options, build a `ReportConfig`, run the report job, print a summary.
 
 raeflow report --data builtin:mnist --model runs/mnist/model --out report/ --noise gaussian:0.1 --tsne
+
+Options are generated from `ReportConfig` and its `RunOptions` (names, defaults, help).
 """
 
 from __future__ import annotations
@@ -9,30 +11,38 @@ from typing import Any
 
 import click
 
-# The options every batch job shares (data, model, out, Ray, batch size, rejects, input kind).
-from raeflow.commands.batch import batch_job_options, run_options_from
+from raeflow.commands.batch import BATCH_SPECS, RUN_SKIP, prepare, print_summary
+from raeflow.commands.options import OptionSpec, console_options, settings_from, settings_options
+from raeflow.errors import ConfigError
+from raeflow.report.config import ReportConfig
+
+
+def check_map(config: ReportConfig) -> None:
+    """Refuse --tsne for a model whose codes grow with the image (no common length to map)."""
+    if not config.tsne:
+        return
+    from raeflow.models.bundle import read_bundle_meta
+
+    contract = read_bundle_meta(config.model).get("input_contract", {})
+    if "any" in (contract.get("height"), contract.get("width")):
+        raise ConfigError(
+            f"--tsne needs codes of one length, but {config.model} is fully convolutional (its codes grow "
+            "with the image); drop --tsne, or report a fixed-size model"
+        )
 
 
 @click.command("report")
-@batch_job_options
-@click.option(
-    "--noise",
-    default=None,
-    metavar="SPEC",
-    help="Give the model a noisy input (gaussian:0.1, saltpepper:0.05, mask:0.25), seeded per image "
-    "by its key; metrics compare the output to the clean image.",
+@settings_options(
+    ReportConfig,
+    skip=RUN_SKIP,
+    specs={
+        **BATCH_SPECS,
+        "noise": OptionSpec(metavar="SPEC"),
+        "limit": OptionSpec(metavar="N"),
+        "gallery_size": OptionSpec(names=("--gallery-size", "--gallery")),
+    },
 )
-@click.option("--tsne", is_flag=True, help="Add a t-SNE map of the model's codes, coloured by label.")
-@click.option(
-    "--tsne-points", type=int, default=2000, show_default=True, help="Most images on the t-SNE map."
-)
-@click.option(
-    "--worst-k", type=int, default=16, show_default=True, help="How many lowest-PSNR images to show."
-)
-@click.option(
-    "--gallery", "gallery_size", type=int, default=16, show_default=True, help="Sample images in the grid."
-)
-@click.option("--limit", type=int, default=None, metavar="N", help="Score only the first N images.")
+@console_options
 def report(**options: Any) -> None:
     """Measure how well a model reconstructs a source's images, with an HTML report.
 
@@ -41,26 +51,12 @@ def report(**options: Any) -> None:
     counts, model, data, timings), figures/*.png and report.html (self-contained, opens offline),
     plus _manifest/, _rejected/ and _SUCCESS. Rerunning the same command resumes.
     """
-    from raeflow.report.config import ReportConfig
     from raeflow.report.job import run_report
 
-    run = run_options_from(options, default_batch=256)
-    config = ReportConfig(
-        data=options["data"],
-        model=options["model"],
-        out=options["out"],
-        noise=options["noise"],
-        tsne=options["tsne"],
-        tsne_points=options["tsne_points"],
-        worst_k=options["worst_k"],
-        gallery_size=options["gallery_size"],
-        limit=options["limit"],
-        source_format=options["source_format"],
-        image_column=options["image_column"],
-        run=run,
-    )
+    config = prepare(settings_from(ReportConfig, options))
+    check_map(config)
     result = run_report(config)
-    click.echo("\n".join(result.lines()))
+    print_summary(result.lines())
 
 
 COMMANDS: list[click.Command] = [report]

@@ -6,58 +6,43 @@ texts are the config fields' docstrings, so they cannot drift apart.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from typing import Any
-
 import click
 
-from raeflow.train.config import TrainConfig, field_help, parse_image_size, parse_model_args, parse_steps
+from raeflow.commands.batch import check_out_folder
+from raeflow.commands.options import OptionSpec, console_options, settings_from, settings_options
+from raeflow.connection import check_reachable
+from raeflow.train.config import PLACEMENTS, TrainConfig, parse_model_args, parse_steps
 
-_HELP = field_help(TrainConfig)
-
-
-def _opt(*names: str, field: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """A click option whose help is the docstring of TrainConfig.<field>."""
-    default = TrainConfig.__dataclass_fields__[field].default
-    if "default" not in kwargs and not kwargs.get("is_flag") and default not in (None, dataclasses.MISSING):
-        kwargs["default"] = default
-        kwargs.setdefault("show_default", True)
-    return click.option(*names, field, help=_HELP[field], **kwargs)
+TRAIN_SPECS: dict[str, OptionSpec] = {
+    "data": OptionSpec(metavar="URI"),
+    "model": OptionSpec(metavar="NAME"),
+    "out": OptionSpec(metavar="URI"),
+    "preset": OptionSpec(metavar="P"),
+    # --format is the old name, kept as a deprecated alias: --format means an output format elsewhere.
+    "format": OptionSpec(names=("--source-format", "--format"), metavar="KIND"),
+    "image_column": OptionSpec(metavar="NAME"),
+    "model_args": OptionSpec(
+        names=("--model-arg",), multiple=True, metavar="NAME=VALUE", parse=parse_model_args
+    ),
+    "denoise": OptionSpec(metavar="SPEC"),
+    "limit": OptionSpec(metavar="N"),
+    "checkpoint_every": OptionSpec(metavar="N"),
+    "keep_checkpoints": OptionSpec(metavar="K"),
+    "max_failures": OptionSpec(metavar="K"),
+    "address": OptionSpec(metavar="HOST:PORT"),
+    "placement": OptionSpec(choices=PLACEMENTS),
+    "grid_images": OptionSpec(metavar="N"),
+    "patch_size": OptionSpec(metavar="P"),
+    "patches_per_image": OptionSpec(metavar="K"),
+    "augment": OptionSpec(names=("--augment/--no-augment",)),
+    "grid_steps": OptionSpec(metavar="N,M,...", parse=parse_steps),
+}
+"""How train's generated options differ from `--field-name`."""
 
 
 @click.command("train")
-@_opt("--data", field="data", required=True, metavar="URI")
-@_opt("--model", field="model", required=True, metavar="NAME")
-@_opt("--out", field="out", required=True, metavar="URI")
-@_opt("--preset", field="preset", metavar="P")
-@_opt("--source-format", "--format", field="format", metavar="KIND")
-@_opt("--image-column", field="image_column", metavar="NAME")
-@_opt("--epochs", field="epochs", type=int)
-@_opt("--batch-size", field="batch_size", type=int)
-@_opt("--lr", field="lr", type=float)
-@_opt("--seed", field="seed", type=int)
-@_opt("--workers", field="workers", type=int)
-@_opt("--cpus-per-worker", field="cpus_per_worker", type=float)
-@_opt("--gpu", field="gpu", is_flag=True)
-@_opt("--model-arg", field="model_args", multiple=True, default=(), metavar="NAME=VALUE")
-@_opt("--denoise", field="denoise", metavar="SPEC")
-@_opt("--beta", field="beta", type=float)
-@_opt("--image-size", field="image_size", metavar="H[xW]")
-@_opt("--patch-size", field="patch_size", type=int, metavar="P")
-@_opt("--patches-per-image", field="patches_per_image", type=int, metavar="K")
-@_opt("--augment/--no-augment", field="augment")
-@_opt("--init-from", field="init_from", metavar="BUNDLE")
-@_opt("--grid-steps", field="grid_steps", default=None, metavar="N,M,...")
-@_opt("--val-fraction", field="val_fraction", type=float)
-@_opt("--limit", field="limit", type=int, metavar="N")
-@_opt("--checkpoint-every", field="checkpoint_every", type=int, metavar="N")
-@_opt("--keep-checkpoints", field="keep_checkpoints", type=int, metavar="K")
-@_opt("--max-failures", field="max_failures", type=int, metavar="K")
-@_opt("--resume", field="resume", is_flag=True)
-@_opt("--address", field="address", metavar="ADDR")
-@_opt("--placement", field="placement", type=click.Choice(["pack", "spread", "strict_spread"]))
-@_opt("--grid-images", field="grid_images", type=int, metavar="N")
+@settings_options(TrainConfig, skip=("storage_options",), specs=TRAIN_SPECS)
+@console_options
 def train_command(**options) -> None:
     """Train an autoencoder on an image source with Ray Train; write a model bundle to OUT/model.
 
@@ -72,10 +57,9 @@ def train_command(**options) -> None:
     """
     from raeflow.train.trainer import run_training
 
-    options["image_size"] = parse_image_size(options["image_size"])
-    options["model_args"] = parse_model_args(options["model_args"])
-    options["grid_steps"] = parse_steps(options["grid_steps"])
-    config = TrainConfig(**options)
+    config = settings_from(TrainConfig, options).validate()
+    check_out_folder(config.out)
+    check_reachable(config.address)
     summary = run_training(config, echo=click.echo)
     last = summary.last
     started = f" (continued after epoch {summary.resumed_from})" if summary.resumed_from else ""

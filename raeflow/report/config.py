@@ -51,7 +51,7 @@ class ReportConfig:
         if not 0 <= self.worst_k <= 256:
             raise ConfigError(f"--worst-k must be within 0..256, got {self.worst_k}")
         if not 1 <= self.gallery_size <= 256:
-            raise ConfigError(f"gallery size must be within 1..256, got {self.gallery_size}")
+            raise ConfigError(f"--gallery-size must be within 1..256, got {self.gallery_size}")
         if not MIN_POINTS <= self.tsne_points <= 20_000:
             raise ConfigError(f"--tsne-points must be within {MIN_POINTS}..20000, got {self.tsne_points}")
         if self.limit is not None and self.limit < 1:

@@ -33,12 +33,14 @@ from fsspec.implementations.local import LocalFileSystem
 from ray.data import ExecutionOptions
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
-from raeflow.connection import connect_ray
+from raeflow import console
+from raeflow.connection import connect_ray, require_gpus
 from raeflow.data.dataset import read_dataset
 from raeflow.data.sources import open_source
 from raeflow.errors import ConfigError, JobError
 from raeflow.models import create_model
 from raeflow.models.bundle import read_bundle_meta
+from raeflow.progress import Progress
 from raeflow.train.batches import DecodeForTraining, shuffle_rows
 from raeflow.train.checkpoints import CHECKPOINTS_DIR, checkpoint_name
 from raeflow.train.config import TrainConfig
@@ -186,19 +188,29 @@ def build_datasets(config: TrainConfig, source, plan: RunPlan) -> dict[str, Any]
 
 
 def _connect(config: TrainConfig) -> None:
-    """Join --address / RAY_ADDRESS, or start a private local Ray with room for the data tasks."""
+    """Join --address / RAY_ADDRESS, or start a private local Ray with room for the data tasks.
+
+    `num_cpus` only sizes a private local Ray: a cluster that is joined keeps its own resources.
+    """
     # Each worker holds one CPU; leave at least two for the Ray Data decode tasks.
     connect_ray(config.address, num_cpus=max(os.cpu_count() or 1, config.workers + 2))
+    if config.gpu:
+        require_gpus(config.workers)
 
 
 class _EpochPrinter:
-    """Prints new records of metrics.jsonl while training runs (a background thread of the driver)."""
+    """Shows training progress while the trainer runs (a background thread of the driver).
+
+    Each new record of metrics.jsonl is echoed as the epoch's line (not with --quiet); a
+    `raeflow.progress.Progress` over the epochs adds a live bar with rate and ETA on a terminal.
+    """
 
     def __init__(self, log: MetricsLog, echo):
         self.log, self.echo = log, echo
         self.seen = {(r.get("epoch"), r.get("restored_from_epoch")) for r in log.read()}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.progress = Progress("train", unit="epochs", plain_lines=False)
 
     def _print_new(self) -> None:
         with contextlib.suppress(Exception):  # a half-written file is read again next time
@@ -206,7 +218,20 @@ class _EpochPrinter:
                 key = (record.get("epoch"), record.get("restored_from_epoch"))
                 if key not in self.seen:
                     self.seen.add(key)
-                    self.echo(format_epoch(record))
+                    self._show(record)
+
+    def _show(self, record: dict[str, Any]) -> None:
+        if self.progress.total is None and record.get("epochs"):
+            self.progress.set_total(int(record["epochs"]))
+            self.progress.done = int(record.get("epoch", 1)) - 1  # a resumed run starts part way
+        if console.is_quiet():
+            self.progress.advance(1)
+            return
+        if self.progress.live:
+            self.progress.say(format_epoch(record))
+        else:
+            self.echo(format_epoch(record))
+        self.progress.advance(1)
 
     def _run(self) -> None:
         while not self.stop.wait(1.0):
@@ -220,6 +245,7 @@ class _EpochPrinter:
         self.stop.set()
         self.thread.join()
         self._print_new()
+        self.progress.close()
 
 
 def _failure_line(err: Exception) -> str:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import raeflow
 from raeflow.cli import main
@@ -30,9 +31,31 @@ def test_entrypoint_parses_the_commands_own_options(
 
 
 @pytest.mark.parametrize("job", JOBS)
-def test_entrypoint_docstring_shows_the_ray_job_submit_line(job: str) -> None:
-    source = (REPO / "jobs" / f"{job}.py").read_text()
-    assert "ray job submit --address" in source and f"python jobs/{job}.py --data" in source
+def test_entrypoint_fails_like_the_command(
+    job: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What `ray job submit -- python jobs/JOB.py ARGS` prints and returns is what `raeflow JOB ARGS` does.
+    missing = tmp_path / "no-such-model"
+    args = ["--data", "builtin:digits", "--model", str(missing), "--out", str(tmp_path / "out")]
+    if job == "train":
+        args = [
+            "--data",
+            "builtin:digits",
+            "--model",
+            "conv",
+            "--out",
+            str(tmp_path / "out"),
+            "--epochs",
+            "0",
+        ]
+    monkeypatch.setattr(sys, "argv", [f"jobs/{job}.py", *args])
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_path(str(REPO / "jobs" / f"{job}.py"), run_name="__main__")
+    entry = capsys.readouterr()
+    command = CliRunner().invoke(main, [job, *args])
+    assert exited.value.code == command.exit_code == 2
+    assert entry.err == command.stderr and len(entry.err.strip().splitlines()) == 1
+    assert entry.err.startswith("error: ") and entry.out == "" and not (tmp_path / "out").exists()
 
 
 def test_installed_package_ships_as_a_py_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

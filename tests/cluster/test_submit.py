@@ -150,3 +150,18 @@ def test_unreachable_head_and_unknown_job_are_one_line_errors(head) -> None:
     assert done.stderr.strip().splitlines() == [
         f"error: no job 'raeflow-embed-00000000' on the cluster at {head.address}"
     ]
+
+
+def test_submitted_train_joins_the_head_and_writes_a_bundle(head, bucket: str) -> None:
+    # The job's driver runs on the head with RAY_ADDRESS set: it joins that cluster and must not
+    # size it (Ray refuses num_cpus when joining), then trains on the head's 2 CPUs.
+    out = f"{bucket}/train-submit"
+    args = ["--data", f"{bucket}/images", "--model", "conv", "--epochs", "1", "--out", out]
+    done = run(
+        raeflow("submit", "train", "--address", head.address, "--wait", "--", *args), head.env(), timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "epoch 1/1" in done.stdout and f"model bundle: {out}/model" in done.stdout
+    import s3fs
+
+    assert s3fs.S3FileSystem().exists(f"{out}/model/bundle.json")
