@@ -1,18 +1,23 @@
 """Every zoo preset trained the same way, scored on held-out images, and the write-ups' claims checked.
 
-    .venv/bin/python bench/zoo_quality.py             # the table in docs/quality_zoo.md (~10-15 min, 2 CPUs)
+    .venv/bin/python bench/zoo_quality.py --resume --json bench-out/zoo_quality.json   # docs/quality_zoo.md
     .venv/bin/python bench/zoo_quality.py --quick     # smoke run: few images, 1 epoch (~1 min)
     .venv/bin/python bench/zoo_quality.py --json zoo.json --markdown zoo.md
 
 Data (builtin, nothing downloaded):
-- `mnist`: `builtin:mnist` digits, 28x28 grey: the first 4,000 train, the last 1,000 are the test set;
+- `mnist`: `builtin:mnist` digits, 28x28 grey: the first `--train-images` (1,500) train, the last
+  `--test-images` (500) are the test set;
 - `rgb32`: 32x32 crops (random positions and flips, fixed seed) of scikit-image's colour photographs
   (`builtin:photos`); test crops come from two photographs the models never see (chelsea, coffee);
 - `grey32`: the same crops in grey (601 luma), for grey models of any size.
 
-Every model: Adam (lr 1e-3), batch 64, the same number of epochs, its own loss (`model.loss`: MSE or
-BCE, + KL for VAEs), labels given to every model (only `cvae` uses them). Presets built for another
-size (`conv_dense_coco` 64x64, `vae_stl10` 96x96) are built for 32x32 with their other arguments.
+Cost: about 6,000 image-epochs per model (16 models); roughly 12 minutes on an idle 2-core machine
+(the quick run's rate), 64 minutes measured on one shared with four other training sessions.
+
+Every model: Adam (lr 1e-3), batch 64, the same number of epochs (`--epochs`, 4), its own loss
+(`model.loss`: MSE or BCE, + KL for VAEs), labels given to every model (only `cvae` uses them).
+Presets built for another size (`conv_dense_coco` 64x64, `vae_stl10` 96x96) are built for 32x32
+with their other arguments.
 Beside the presets, the variants the claims need: a VAE with `cvae_mnist`'s encoder/decoder minus
 the label, `strided_cifar10` with its batch norm layers removed, a max-pool `conv` and a shallow
 `conv` with the same 256-value code as `strided_cifar10`, and a dense AE on colour crops.
