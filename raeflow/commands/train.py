@@ -89,12 +89,19 @@ def train_command(**options) -> None:
     "--label", type=int, default=None, help="Draw only this label (cvae); default one row per label."
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the prior draws.")
-def sample_command(bundle: str, out: str, n: int, label: int | None, seed: int) -> None:
+@click.option(
+    "--data",
+    default=None,
+    metavar="URI",
+    help="Labelled images: a plain VAE then draws each label's row from that label's codes.",
+)
+def sample_command(bundle: str, out: str, n: int, label: int | None, seed: int, data: str | None) -> None:
     """Draw images from a VAE's prior (a CVAE's per label) into one grid PNG."""
     from raeflow.train.sample import sample_grid
 
-    summary = sample_grid(bundle, out, n=n, label=label, seed=seed)
-    click.echo(f"wrote {summary.num_images} samples in {summary.rows} rows to {summary.out}")
+    summary = sample_grid(bundle, out, n=n, label=label, seed=seed, data=data)
+    labels = f" (labels {', '.join(map(str, summary.labels))})" if summary.labels else ""
+    click.echo(f"wrote {summary.num_images} samples in {summary.rows} rows{labels} to {summary.out}")
 
 
 COMMANDS: list[click.Command] = [train_command, sample_command]
