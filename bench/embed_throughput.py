@@ -94,6 +94,7 @@ def timed(name: str, command: list[str], out: Path, *, tries: int = 3) -> dict:
     env.setdefault("RAY_raylet_start_wait_time_s", "180")
     for attempt in range(1, tries + 1):
         shutil.rmtree(out, ignore_errors=True)
+        cpu_before = _children_cpu()
         started = time.perf_counter()
         process = subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -102,8 +103,16 @@ def timed(name: str, command: list[str], out: Path, *, tries: int = 3) -> dict:
         stdout, stderr = process.communicate()
         seconds = time.perf_counter() - started
         memory.stop()
+        _reap_orphans()
+        cpu = _children_cpu() - cpu_before
         if process.returncode == 0:
-            return {"name": name, "seconds": seconds, "rss": memory.rss, "private": memory.private}
+            return {
+                "name": name,
+                "seconds": seconds,
+                "cpu": cpu,
+                "rss": memory.rss,
+                "private": memory.private,
+            }
         if "timed out during startup" not in stderr or attempt == tries:
             raise SystemExit(f"{name} failed ({process.returncode}):\n{stdout[-2000:]}\n{stderr[-4000:]}")
         print(f"  {name}: Ray did not start ({load_line()}); trying again", flush=True)

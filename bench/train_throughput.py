@@ -60,19 +60,27 @@ def _measure(name: str, config: TrainConfig, run) -> dict:
     }
 
 
-def _run(command: list[str]) -> float:
-    """Run a whole process (this checkout's raeflow first on the path); its wall time."""
+def _run(command: list[str], tries: int = 3) -> float:
+    """Run a whole process (this checkout's raeflow first on the path); its wall time. A run whose Ray
+    did not come up (an overloaded machine) is tried again."""
     from corpus import REPO
 
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command[:4])} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
-    return time.perf_counter() - started
+    env.setdefault("RAY_raylet_start_wait_time_s", "180")
+    for attempt in range(1, tries + 1):
+        started = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode == 0:
+            return time.perf_counter() - started
+        if "timed out during startup" not in done.stderr or attempt == tries:
+            raise SystemExit(f"{' '.join(command[:4])} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+        print(f"Ray did not start (load average {os.getloadavg()[0]:.0f}); trying again", flush=True)
+        out = command[command.index("--out") + 1]
+        shutil.rmtree(out, ignore_errors=True)
+    raise AssertionError("unreachable")
 
 
 def _epoch_rates(out: Path) -> list[float]:
