@@ -37,7 +37,9 @@ def test_unknown_family_is_a_one_line_error() -> None:
     assert "unknown family 'resnet'" in result.output
 
 
-def test_help_explains_the_command() -> None:
-    result = CliRunner().invoke(main, ["models", "--help"])
-    assert result.exit_code == 0
-    assert "--family" in result.output and "--json" in result.output and "preset" in result.output
+def test_family_filter_keeps_only_that_familys_presets_in_the_table() -> None:
+    result = CliRunner().invoke(main, ["models", "--family", "unet"])
+    assert result.exit_code == 0, result.output
+    presets = {line.split()[1] for line in result.output.splitlines()[1:] if line.split()[:1] == ["unet"]}
+    assert presets == {p.name for p in list_presets("unet")}
+    assert not any(line.split()[:1] in (["conv"], ["dense"]) for line in result.output.splitlines())
