@@ -8,6 +8,7 @@ calls `remove_leftovers` to delete temporary files an interrupted run left behin
 
 from __future__ import annotations
 
+import os
 import posixpath
 import uuid
 from collections.abc import Iterator
@@ -43,6 +44,8 @@ class OutputDir:
     """A folder (local path or fsspec URI) that a batch job writes into, and nowhere else."""
 
     def __init__(self, uri: str, storage_options: dict[str, Any] | None = None) -> None:
+        if "://" not in uri:  # a local path: absolute, so workers (whose cwd differs) write here too
+            uri = os.path.abspath(os.path.expanduser(uri))
         self.uri = uri.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.uri, **(storage_options or {}))
         self.root = self.root.rstrip("/")

@@ -74,6 +74,8 @@ def test_rerun_with_an_absolute_path_from_another_folder_is_the_same_job(
         )
     )
     assert again.num_shards_skipped == again.num_shards == first.num_shards and again.images_out == 6
+    # The workers wrote where the driver was told, not relative to their own working folder.
+    assert len(list((tmp_path / "emb").glob("part-*.parquet"))) == first.num_shards
 
 
 def test_a_slow_job_never_reports_zero_images_per_second(tmp_path) -> None:

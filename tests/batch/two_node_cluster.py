@@ -3,7 +3,8 @@
 Prints the cluster's address on the first line, then obeys stdin: `remove` takes the worker node
 away at once (a spot preemption) and prints `removed`, `add` adds a new worker node and prints
 `added`; end of input shuts the cluster down.
-Each node has 2 CPUs, each its own custom resource (`node_a`, `node_b`).
+Each node has 3 CPUs (after one node is lost, the other still fits the pool's two predictor
+actors and a read task) and its own custom resource (`node_a`, `node_b`).
 
     python tests/batch/two_node_cluster.py
 """
@@ -19,9 +20,9 @@ def main() -> None:
     cluster = Cluster(
         initialize_head=True,
         connect=False,
-        head_node_args={"num_cpus": 2, "resources": {"node_a": 1}, "include_dashboard": False},
+        head_node_args={"num_cpus": 3, "resources": {"node_a": 1}, "include_dashboard": False},
     )
-    worker = cluster.add_node(num_cpus=2, resources={"node_b": 1})
+    worker = cluster.add_node(num_cpus=3, resources={"node_b": 1})
     cluster.wait_for_nodes()
     print(cluster.address, flush=True)
     try:
@@ -30,7 +31,7 @@ def main() -> None:
                 cluster.remove_node(worker, allow_graceful=False)
                 print("removed", flush=True)
             elif line.strip() == "add":
-                worker = cluster.add_node(num_cpus=2, resources={"node_b": 1})
+                worker = cluster.add_node(num_cpus=3, resources={"node_b": 1})
                 cluster.wait_for_nodes()
                 print("added", flush=True)
     finally:

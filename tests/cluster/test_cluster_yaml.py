@@ -114,6 +114,7 @@ def test_decoding_has_cpu_only_spot_workers_that_the_read_tasks_prefer(config: d
         assert spec["max_workers"] >= 1
     gpu_types = [spec for spec in types.values() if spec["node_config"]["InstanceType"].startswith("g5.x")]
     assert gpu_types and all(spec.get("labels", {}).get(key) != value for spec in gpu_types)
-    assert sum(spec["max_workers"] for name, spec in types.items() if name != prepared["head_node_type"]) <= (
-        prepared["max_workers"]
+    assert (
+        sum(spec["max_workers"] for name, spec in types.items() if name != prepared["head_node_type"])
+        <= (prepared["max_workers"])
     )
