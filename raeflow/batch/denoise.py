@@ -83,10 +83,11 @@ def _check_first_image(bundle: Bundle, source: Source, config: DenoiseConfig) ->
                     header = images.probe_image(data)
                 except images.ImageRejected:
                     continue
-                if (header.height, header.width) != (contract["height"], contract["width"]):
+                height, width = header.upright_size  # as decoded: EXIF orientation applied
+                if (height, width) != (contract["height"], contract["width"]):
                     raise ConfigError(
                         f"model {config.model} takes {contract['height']}x{contract['width']} images but "
-                        f"{key} is {header.height}x{header.width}; pass --resize to resize each image to "
+                        f"{key} is {height}x{width}; pass --resize to resize each image to "
                         "the model's size and back, or use a fully convolutional model (unet)"
                     )
                 return

@@ -20,8 +20,8 @@ from raeflow.commands.options import OptionSpec, console_options, settings_from,
 from raeflow.connection import check_reachable
 from raeflow.errors import ConfigError
 
-RUN_SKIP = ("quiet", "decode_in_read", "decode_batch_size")
-"""RunOptions fields without an option: --quiet is the console's; the others are internal."""
+RUN_SKIP = ("quiet", "verbose")
+"""RunOptions fields without an option of their own: --quiet and --verbose are the console's."""
 
 BATCH_SPECS: dict[str, OptionSpec] = {
     "data": OptionSpec(metavar="URI"),
@@ -49,6 +49,7 @@ def check_out_folder(out: str) -> None:
 def prepare(config: Any) -> Any:
     """Validate a batch job's settings before Ray starts; the console level decides `run.quiet`."""
     config.run.quiet = console.is_quiet()
+    config.run.verbose = console.is_verbose()
     config.validate()
     check_out_folder(config.out)
     check_reachable(config.run.address)

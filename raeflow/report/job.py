@@ -70,6 +70,7 @@ def run_report(config: ReportConfig) -> ReportResult:
             f"model {config.model} is conditional (it decodes with the label) but {config.data} has no "
             "labels; report it on labelled data"
         )
+    label_names = getattr(source, "label_names", None)  # class folders: label i is label_names[i]
     if config.limit is not None:
         source = LimitedSource(source, config.limit)
     any_size = "any" in (contract["height"], contract["width"])
@@ -92,6 +93,7 @@ def run_report(config: ReportConfig) -> ReportResult:
         },
         source=source.describe(),
         has_labels=source.has_labels,
+        label_names=label_names,
         metric_names=metric_names,
         started=started,
         map_note=(

@@ -10,6 +10,7 @@ import textwrap
 import pyarrow.parquet as pq
 import pytest
 
+import raeflow
 from raeflow.batch.config import EmbedConfig, RunOptions
 from raeflow.batch.embed import run_embed
 from raeflow.data import images
@@ -72,7 +73,7 @@ def test_embedding_table_reads_in_duckdb_and_pandas_without_raeflow(
         metadata[b"raeflow.model"].decode()
         == json.loads((out / "_manifest" / "job.json").read_text())["model"]
     )
-    assert metadata[b"raeflow.version"] == b"0.1.0"
+    assert metadata[b"raeflow.version"] == raeflow.__version__.encode()
     assert part.read().column("key").to_pylist() == keys[20:40]  # part 00001-... holds shard 1
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,10 @@ def _config(bundle: str, out: Path | str, **overrides) -> ReportConfig:
 @pytest.fixture(scope="module")
 def digits_report(digits_bundle: str, tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("report") / "digits"
-    return out, run_report(_config(digits_bundle, out))
+    began = time.monotonic()
+    result = run_report(_config(digits_bundle, out))
+    out.joinpath(".wall_seconds").write_text(str(time.monotonic() - began))  # what the test measured
+    return out, result
 
 
 def test_writes_the_report_folder(digits_report) -> None:
@@ -100,7 +104,9 @@ def test_summary_matches_the_table(digits_report, digits_bundle: str) -> None:
     # The worst-k shown are the table's lowest-PSNR images.
     lowest = frame.nsmallest(8, "psnr")["key"].tolist()
     assert [row["key"] for row in summary["worst"]] == lowest
-    assert summary["timings"]["total_seconds"] > 0 and summary["settings"]["limit"] == 600
+    timings, wall = summary["timings"], float((out / ".wall_seconds").read_text())
+    assert timings["job_seconds"] + timings["tsne_seconds"] <= timings["total_seconds"] <= wall
+    assert summary["settings"]["limit"] == 600
 
 
 def test_tsne_map_is_coloured_by_label(digits_report) -> None:
@@ -149,7 +155,7 @@ def _digit_folder(root: Path, count: int) -> Path:
     return root
 
 
-def test_cli_on_a_folder_counts_rejects_and_maps_without_labels(digits_bundle: str, tmp_path: Path) -> None:
+def test_cli_on_a_class_folder_counts_rejects_and_maps_by_label(digits_bundle: str, tmp_path: Path) -> None:
     data = _digit_folder(tmp_path / "digits", 20)
     out = tmp_path / "report"
     args = ["report", "--data", str(data), "--model", digits_bundle, "--out", str(out)]
@@ -157,13 +163,21 @@ def test_cli_on_a_folder_counts_rejects_and_maps_without_labels(digits_bundle: s
     assert result.exit_code == 0, result.output
     assert "20 out, 1 rejected" in result.output and "PSNR dB" in result.output
     table = pq.read_table(out / "metrics.parquet")
-    assert table.column_names == ["key", "mse", "psnr", "ssim"]  # no labels, no noise
+    # even/ and odd/ are class folders (sorted names -> 0, 1); no noise, so no noisy_psnr.
+    assert table.column_names == ["key", "label", "mse", "psnr", "ssim"]
     assert table.num_rows == 20 and "even/digit00" in table.column("key").to_pylist()
+    labels = dict(zip(table.column("key").to_pylist(), table.column("label").to_pylist(), strict=True))
+    assert {labels[k] for k in labels if k.startswith("even/")} == {0}
+    assert {labels[k] for k in labels if k.startswith("odd/")} == {1}
     rejected = pq.read_table(out / "_rejected").to_pylist()
     assert [r["key"] for r in rejected] == ["odd/broken"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"]["rows_rejected"] == 1 and summary["counts"]["rows_out"] == 20
-    assert "no labels" in summary["notes"]["tsne"] and "figures/tsne.png" in summary["figures"]
+    assert (
+        "no labels" not in summary.get("notes", {}).get("tsne", "")
+        and "figures/tsne.png" in summary["figures"]
+    )
+    assert "0=even" in summary["source"] and "1=odd" in summary["source"]  # the label mapping, shown
     with Image.open(io.BytesIO((out / "figures" / "worst.png").read_bytes())) as image:
         assert image.width > 100
 
