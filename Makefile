@@ -29,10 +29,14 @@ demo: install
 test: install chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The bench extra adds BM3D (non-commercial licence: a baseline to compare with, never a runtime dependency).
 bench: install
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,s3,bench]"
 	$(PY) bench/decode.py
 	$(PY) bench/train_throughput.py
 	$(PY) bench/embed_throughput.py
+	$(PY) bench/denoise_quality.py
+	$(PY) bench/zoo_quality.py
 
 # Retrain the pretrained bundles shipped in raeflow/bundles/ (about an hour on 2 CPU cores) and
 # measure them; needs ../shared/benchmarks/denoise and the bench extra (BM3D is not needed here).

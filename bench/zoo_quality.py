@@ -1,6 +1,6 @@
 """Every zoo preset trained the same way, scored on held-out images, and the write-ups' claims checked.
 
-    .venv/bin/python bench/zoo_quality.py --resume --json bench-out/zoo_quality.json   # docs/quality_zoo.md
+    .venv/bin/python bench/zoo_quality.py --resume --json bench-out/zoo_quality.json   # docs/quality.md, "Embedding models"
     .venv/bin/python bench/zoo_quality.py --quick     # smoke run: few images, 1 epoch (~1 min)
     .venv/bin/python bench/zoo_quality.py --json zoo.json --markdown zoo.md
 
@@ -426,7 +426,7 @@ def check_claims(rows: dict[str, Row]) -> list[tuple[str, bool | None, str]]:
 
 
 def markdown(rows: list[Row], claims: list[tuple[str, bool | None, str]], setup: str) -> str:
-    """The table and the claims as Markdown (what docs/quality_zoo.md shows)."""
+    """The table and the claims as Markdown (what docs/quality.md, "Embedding models" shows)."""
     lines = [
         setup,
         "",
