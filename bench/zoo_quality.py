@@ -1,6 +1,6 @@
 """Every zoo preset trained the same way, scored on held-out images, and the write-ups' claims checked.
 
-    .venv/bin/python bench/zoo_quality.py --resume --json bench-out/zoo_quality.json   # docs/quality.md, "Embedding models"
+    .venv/bin/python bench/zoo_quality.py --resume --json bench-out/zoo_quality.json   # docs/quality.md
     .venv/bin/python bench/zoo_quality.py --quick     # smoke run: few images, 1 epoch (~1 min)
     .venv/bin/python bench/zoo_quality.py --json zoo.json --markdown zoo.md
 
