@@ -126,7 +126,9 @@ def decode_fitted(
     if header.format == "jpeg" and header.channels in (1, 3) and header.bit_depth == 8:
         pixels = _decode_jpeg_reduced(data, header, channels, _cover_size(header, height, width, mode))
     if pixels is None:  # other formats, and JPEGs libjpeg-turbo is strict about
-        pixels = _decode_upright(data, header, channels)  # (H, W, C)
+        pixels = _decode_upright(data, header, channels)  # (H, W[, C])
+    if pixels.ndim == 2 or pixels.shape[2] in (2, 4):  # grey without a channel axis, or alpha
+        pixels = to_channels(pixels)  # (H, W, 1|3): alpha over white, grey kept grey
     fitted = fit_to_contract(pixels, height, width, mode=mode)  # (height, width, C)
     return to_channels(fitted, channels)
 

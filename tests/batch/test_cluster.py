@@ -98,7 +98,8 @@ def _wait_for_records(out: str, job: subprocess.Popen, count: int = 1) -> None:
         except FileNotFoundError:
             pass
         time.sleep(0.2)
-    raise AssertionError(f"no shard was committed in time (exit code {job.poll()})")
+    said = job.stderr.read()[-12000:] if job.poll() is not None and job.stderr else ""
+    raise AssertionError(f"no shard was committed in time (exit code {job.poll()}): {said}")
 
 
 def _assert_exactly_once(out: str, keys: list[str]) -> None:

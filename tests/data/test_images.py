@@ -242,3 +242,17 @@ def test_fitted_decode_checks_the_pixel_limit_from_the_header(photo: np.ndarray)
     with pytest.raises(ImageRejected, match="too_many_pixels"):
         images.decode_fitted(data, 3, 32, 32, max_pixels=96 * 128 - 1)
     assert images.decode_fitted(data, 3, 32, 32, max_pixels=96 * 128).shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P"])
+@pytest.mark.parametrize("channels", [None, 1, 3])
+def test_decode_fitted_gives_three_axes_for_grey_alpha_and_palette_pngs(mode: str, channels: int | None) -> None:
+    """Grey PNGs decode without a channel axis and alpha ones with two or four: fitting needs (H, W, C)."""
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 255, (30, 40), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "L").convert(mode).save(buffer, "PNG")
+    fitted = images.decode_fitted(buffer.getvalue(), channels, 28, 28)
+    expected = channels or (1 if mode in ("L", "LA") else 3)
+    assert fitted.shape == (28, 28, expected) and fitted.dtype == np.uint8
