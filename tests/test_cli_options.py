@@ -90,3 +90,16 @@ def test_option_names_follow_field_names() -> None:
     assert option_name("max_pixels_per_pass") == "--max-pixels-per-pass"
     help_text = main.commands["denoise"].get_help(click.Context(main.commands["denoise"]))
     assert "--max-pixels-per-pass" in help_text  # the option the --tile help refers to exists
+
+
+def test_train_list_options_default_to_empty_and_parse_when_given() -> None:
+    """--grid-steps (a tuple field) is empty unless given, and '1000,5000' becomes (1000, 5000)."""
+    from raeflow.commands.train import train_command
+
+    def parsed(*args: str) -> dict:
+        ctx = train_command.make_context("train", ["--data", "d", "--model", "conv", "--out", "o", *args])
+        return dict(ctx.params)
+
+    assert parsed()["grid_steps"] == ()
+    assert parsed("--grid-steps", "5000,1000")["grid_steps"] == (1000, 5000)
+    assert parsed("--no-augment")["augment"] is False and parsed()["augment"] is True

@@ -159,7 +159,8 @@ def _make_option(f: dataclasses.Field, hint: Any, default: Any, owner: type, spe
     if required:
         kwargs["required"] = True
     elif default is not dataclasses.MISSING:
-        kwargs["default"] = default
+        # An empty tuple default of a single-valued option means "not given" (click would pass "()").
+        kwargs["default"] = None if default == () and not spec.multiple else default
         if default not in (None, False, ()):
             kwargs["show_default"] = True
     names = spec.names or (option_name(f.name),)
