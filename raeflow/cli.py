@@ -47,6 +47,8 @@ class _Group(click.Group):
         except RaeflowError as err:
             click.echo(f"error: {_one_line(str(err))}", err=True)
             sys.exit(2)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # usage errors and exits: `main` says them in one line, no crash pointer
         except Exception:
             _point_at_ray_logs()
             raise

@@ -215,6 +215,9 @@ def _private_bytes(pid: int) -> int:
     return sum(int(line.split()[1]) * 1024 for line in fields if line.startswith("Private_"))
 
 
+# Each failure mode runs against one storage kind (the killed driver runs against both, in
+# test_resume.py): the pair covers a local folder and the S3 endpoint within the suite's time budget.
+@pytest.mark.parametrize("out_root", ["local"], indirect=True)
 def test_a_killed_predictor_actor_is_replaced(
     two_nodes: TwoNodes, out_root: str, tmp_path: Path, conv_bundle, mnist_digits
 ) -> None:
@@ -235,6 +238,7 @@ def test_a_killed_predictor_actor_is_replaced(
     _assert_exactly_once(out_root, keys)
 
 
+@pytest.mark.parametrize("out_root", ["s3"], indirect=True)
 def test_a_worker_node_lost_mid_job(
     two_nodes: TwoNodes, out_root: str, tmp_path: Path, conv_bundle, mnist_digits
 ) -> None:
