@@ -246,7 +246,7 @@ def test_fitted_decode_checks_the_pixel_limit_from_the_header(photo: np.ndarray)
 
 @pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P"])
 @pytest.mark.parametrize("channels", [None, 1, 3])
-def test_decode_fitted_gives_three_axes_for_grey_alpha_and_palette_pngs(mode: str, channels: int | None) -> None:
+def test_decode_fitted_gives_channel_axes_to_grey_alpha_palette_pngs(mode: str, channels: int | None) -> None:
     """Grey PNGs decode without a channel axis and alpha ones with two or four: fitting needs (H, W, C)."""
     from PIL import Image
 
