@@ -192,24 +192,3 @@ def parse_steps(text: str | None) -> tuple[int, ...]:
         raise ConfigError(
             f"--grid-steps must look like 1000,5000 (global step numbers), got {text!r}"
         ) from None
-
-
-def field_help(cls: type = TrainConfig) -> dict[str, str]:
-    """The one-line docstring under each dataclass field, by field name (the CLI's help texts)."""
-    import ast
-    import inspect
-    import textwrap
-
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, following in zip(body, body[1:], strict=False):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[node.target.id] = following.value.value.strip()
-    return docs

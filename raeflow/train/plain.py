@@ -24,11 +24,12 @@ from typing import Any
 import fsspec
 import torch
 
+from raeflow.commands.options import field_help
 from raeflow.data.sources import open_source
 from raeflow.errors import RaeflowError
 from raeflow.train.batches import DecodeForTraining, iter_plain_batches, shuffle_rows
 from raeflow.train.checkpoints import CHECKPOINTS_DIR, checkpoint_name
-from raeflow.train.config import TrainConfig, field_help, parse_image_size, parse_model_args, parse_steps
+from raeflow.train.config import TrainConfig, parse_image_size, parse_model_args, parse_steps
 from raeflow.train.loop import train_worker, worse_than_input
 from raeflow.train.metrics_log import format_epoch
 from raeflow.train.plan import RunPlan, plan_run
@@ -127,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m raeflow.train.plain", description="Train in one process with PyTorch only (no Ray)."
     )
-    docs = field_help()
+    docs = field_help(TrainConfig)
     ray_only = {
         "workers",
         "cpus_per_worker",
