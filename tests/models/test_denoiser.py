@@ -71,3 +71,67 @@ def test_per_channel_colour_model_is_the_grey_network_on_each_channel() -> None:
         expected = torch.cat([grey(x[:, c : c + 1])["recon"] for c in range(3)], dim=1)
         assert torch.allclose(colour(x)["recon"], expected, atol=1e-6)
         assert colour.embed(x).shape == (2, 48)
+
+
+def _camera() -> torch.Tensor:
+    from skimage import data as skdata
+
+    return torch.from_numpy(skdata.camera().astype("float32") / 255.0)[None, None]  # (1, 1, 512, 512)
+
+
+@pytest.mark.parametrize("sigma", [5.0, 15.0, 30.0])
+def test_noise_estimate_finds_the_added_noise_on_a_real_photo(sigma: float) -> None:
+    from raeflow.models.denoiser import estimate_noise
+
+    clean = _camera()
+    generator = torch.Generator().manual_seed(int(sigma))
+    noisy = clean + torch.randn(clean.shape, generator=generator) * sigma / 255
+    estimate = float(estimate_noise(torch.nn.functional.pixel_unshuffle(noisy, 2), 1)) * 255
+    assert abs(estimate - sigma) < 0.15 * sigma + 0.5
+    assert float(estimate_noise(torch.nn.functional.pixel_unshuffle(clean, 2), 1)) * 255 < 2.0
+
+
+def _as_if_trained(preset: str = "denoise_grey") -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_model(preset)
+    torch.nn.init.normal_(model.head.weight, std=0.02)  # removes "noise" from any image, clean or not
+    return model.eval()
+
+
+def test_noise_guard_returns_a_clean_photo_unchanged_and_denoises_a_noisy_one() -> None:
+    model = _as_if_trained()
+    assert model.noise_guard == (4.0, 10.0)
+    clean = _camera()[..., :128, :160]
+    noisy = clean + torch.randn(clean.shape, generator=torch.Generator().manual_seed(1)) * 25 / 255
+    with torch.no_grad():
+        assert torch.equal(model(clean)["recon"], clean)  # below `low`: left as it is
+        guarded = model(noisy)["recon"]
+        model.noise_guard = None
+        unguarded = model(noisy)["recon"]
+        assert not torch.equal(model(clean)["recon"], clean)  # without the guard it would change it
+    removed = (noisy - guarded).clamp(-1, 1)
+    assert not torch.equal(guarded, noisy)
+    # What is removed is never stronger than the estimated noise (about 25/255).
+    assert float(removed.pow(2).mean().sqrt()) <= 26 / 255
+    assert float((noisy - unguarded).pow(2).mean().sqrt()) > float(removed.pow(2).mean().sqrt())
+
+
+def test_noise_guard_is_off_while_training_and_survives_a_bundle(tmp_path) -> None:
+    from raeflow.models import load_bundle, save_bundle
+
+    model = _as_if_trained("denoise_rgb_per_channel")
+    x = torch.rand(1, 3, 24, 20)
+    model.train()
+    with torch.no_grad():
+        assert not torch.equal(model(x)["recon"], x)  # training sees the network's full output
+    loaded = load_bundle(save_bundle(model, str(tmp_path / "m"))).model.eval()
+    assert loaded.noise_guard == (4.0, 10.0)
+    with torch.no_grad():
+        assert torch.equal(loaded(x)["recon"], model.eval()(x)["recon"])
+
+
+def test_noise_guard_must_be_an_increasing_pair() -> None:
+    from raeflow.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="noise_guard"):
+        create_model("denoise_small", noise_guard=(10.0, 4.0))
