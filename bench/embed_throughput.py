@@ -4,6 +4,7 @@ hand, on realistic photos, each run as a whole process; and the limits of this m
     .venv/bin/python bench/embed_throughput.py                     # 5,000 photos, a few minutes
     .venv/bin/python bench/embed_throughput.py --num-images 2000 --skip-denoise
     .venv/bin/python bench/embed_throughput.py --memory-scale      # driver memory at 10k and 100k
+    .venv/bin/python bench/embed_throughput.py --memory-scale --skip-embed --skip-denoise
 
 Data (`bench/corpus.py`, cached under bench-out/): JPEG photographs of 320x240 to 640x480 cut from
 the photos scikit-image ships (and BSD68 from ../shared when present), as WebDataset tars of 500
@@ -266,20 +267,29 @@ def print_embed_table(runs: list[dict], model_rate: float, decode_rates: dict[st
 
 
 def memory_scale(args: argparse.Namespace, bundle: str, work: Path) -> None:
-    """raeflow embed's driver memory at 10,000 and 100,000 images (tars of a 10k corpus repeated)."""
+    """raeflow embed's driver memory at 10,000 and 100,000 images (tars of a 10k corpus repeated), and
+    the hand-written DataLoader script on the same 100,000 (Ray's start-up matters less at this size)."""
     corpus = make_corpus(10_000)
     print("\ndriver memory of raeflow embed as the job grows")
-    print(f"{'images':>8} {'seconds':>8} {'images/s':>9} {'driver RSS':>11} {'driver private':>15}")
-    for copies in (1, 10):
+    print(f"{'run':<28} {'seconds':>8} {'images/s':>9} {'driver RSS':>11} {'driver private':>15}")
+    rates = {}
+    for copies, label in ((1, "raeflow"), (10, "raeflow"), (10, "DataLoader script")):
         data = corpus / "wds" if copies == 1 else repeated_tars(corpus, copies)
-        out = work / f"mem-{copies}"
-        run = timed(f"{copies * 10_000}", raeflow_embed(data, bundle, out, args.raeflow_args), out)
+        out = work / f"mem-{copies}-{label.split()[0]}"
+        if label == "raeflow":
+            command = raeflow_embed(data, bundle, out, args.raeflow_args)
+        else:
+            command = handwritten("dataloader", data, bundle, out)
+        run = timed(f"{label} {copies * 10_000}", command, out)
         images = copies * 10_000
+        rates[label, images] = images / run["seconds"]
         print(
-            f"{images:>8,} {run['seconds']:>8.1f} {images / run['seconds']:>9.0f} "
-            f"{run['rss'] / 2**20:>8.0f} MiB {run['private'] / 2**20:>12.0f} MiB",
+            f"{run['name']:<28} {run['seconds']:>8.1f} {images / run['seconds']:>9.0f} "
+            f"{run['rss'] / 2**20:>8.0f} MiB {run['private'] / 2**20:>12.0f} MiB ({load_line()})",
             flush=True,
         )
+    ratio = rates["raeflow", 100_000] / rates["DataLoader script", 100_000]
+    print(f"ratio of images/s at 100,000 images: raeflow/DataLoader {ratio:.2f}x")
 
 
 def denoise_rows(args: argparse.Namespace, work: Path) -> None:
@@ -308,6 +318,7 @@ def main() -> None:
     parser.add_argument("--num-images", type=int, default=5000, help="photos in the corpus")
     parser.add_argument("--denoise-photos", type=int, default=4, help="1-4 megapixel photos to denoise")
     parser.add_argument("--skip-denoise", action="store_true")
+    parser.add_argument("--skip-embed", action="store_true", help="skip the 4-row embed table")
     parser.add_argument("--memory-scale", action="store_true", help="driver memory at 10k and 100k images")
     parser.add_argument(
         "--raeflow-args", nargs=argparse.REMAINDER, default=[], help="extra raeflow embed options"
@@ -323,13 +334,14 @@ def main() -> None:
     bundle = save_bundle(model, str(work / "conv_dense_coco"))
     paths = sorted((corpus / "folder").glob("*.jpg"))
 
-    runs = embed_rows(args, corpus, bundle, work)
-    model_rate = model_limit(model, min(len(paths), 4096))
-    decode_rates = {
-        "decode_fitted": decode_limit(paths, _decode_raeflow),
-        "PIL open+resize": decode_limit(paths, _decode_pil),
-    }
-    print_embed_table(runs, model_rate, decode_rates, args.num_images)
+    if not args.skip_embed:
+        runs = embed_rows(args, corpus, bundle, work)
+        model_rate = model_limit(model, min(len(paths), 4096))
+        decode_rates = {
+            "decode_fitted": decode_limit(paths, _decode_raeflow),
+            "PIL open+resize": decode_limit(paths, _decode_pil),
+        }
+        print_embed_table(runs, model_rate, decode_rates, args.num_images)
     if args.memory_scale:
         memory_scale(args, bundle, work)
     if not args.skip_denoise:
