@@ -9,7 +9,9 @@ Stages:
 - `prepare`: the colour training folder (`bench-out/bundles/rgb-train/`): Train400 (grey, read as
   RGB) plus 96x96 tiles of the scikit-image colour photos of `RGB_TRAIN_PHOTOS`. The photos of
   `RGB_TEST_PHOTOS` are never used for training: they are the colour model's held-out test.
-- `train`: `raeflow train ...` per bundle exactly as `COMMANDS` lists (runs in `bench-out/bundles/<name>/`).
+- `train`: `raeflow train ...` per bundle exactly as `COMMANDS` lists, stage by stage (the grey
+  model trains in two: from scratch, then longer at a lower rate from there), into
+  `bench-out/bundles/<out>/`.
 - `install`: measures each finished model (grey: BSD68 and Set12 at sigma 15/25/50 by the benchmark
   README's protocol; colour: crops of the held-out photos at sigma 5/15/25/50; MNIST: the held-out
   validation digits), records the numbers, the training command and the held-out sample the test
@@ -57,24 +59,42 @@ def _train(name: str, data: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "raeflow.cli", "train", "--data", data, "--out", str(OUT / name), *args]
 
 
-COMMANDS: dict[str, list[str]] = {
-    "denoise-grey": _train(
-        "denoise-grey", str(BENCH / "Train400"),
-        "--model", "denoiser", "--preset", "denoise_grey", "--patch-size", "64", "--patches-per-image", "16",
-        "--denoise", GREY_NOISE, "--epochs", "6", "--batch-size", "16", "--lr", "1e-3",
-        "--grid-steps", "1000,5000",
-    ),
-    "denoise-rgb": _train(
-        "denoise-rgb", str(OUT / "rgb-train"),
-        "--model", "denoiser", "--preset", "denoise_rgb_per_channel",
-        "--init-from", str(OUT / "denoise-grey" / "model"), "--patch-size", "64", "--patches-per-image", "2",
-        "--denoise", RGB_NOISE, "--epochs", "1", "--batch-size", "16", "--lr", "1e-4",
-    ),
-    "mnist-conv": _train(
-        "mnist-conv", "builtin:mnist", "--model", "conv", "--epochs", "6", "--batch-size", "64",
-    ),
+COMMANDS: dict[str, list[list[str]]] = {
+    "denoise-grey": [
+        _train(  # stage 1: from scratch
+            "denoise-grey-base", str(BENCH / "Train400"),
+            "--model", "denoiser", "--preset", "denoise_grey",
+            "--patch-size", "64", "--patches-per-image", "16", "--denoise", GREY_NOISE,
+            "--epochs", "6", "--batch-size", "16", "--lr", "1e-3",
+            "--grid-steps", "1000,5000",
+        ),
+        _train(  # stage 2: longer, at a lower rate, with both cores in the one training worker
+            "denoise-grey", str(BENCH / "Train400"),
+            "--model", "denoiser", "--preset", "denoise_grey",
+            "--init-from", str(OUT / "denoise-grey-base" / "model"),
+            "--patch-size", "64", "--patches-per-image", "32", "--denoise", GREY_NOISE, "--epochs", "10",
+            "--batch-size", "16", "--lr", "3e-4", "--cpus-per-worker", "2",
+        ),
+    ],
+    "denoise-rgb": [
+        _train(
+            "denoise-rgb", str(OUT / "rgb-train"),
+            "--model", "denoiser", "--preset", "denoise_rgb_per_channel",
+            "--init-from", str(OUT / "denoise-grey" / "model"),
+            "--patch-size", "64", "--patches-per-image", "2",
+            "--denoise", RGB_NOISE, "--epochs", "1", "--batch-size", "16", "--lr", "1e-4",
+        ),
+    ],
+    "mnist-conv": [
+        _train("mnist-conv", "builtin:mnist", "--model", "conv", "--epochs", "6", "--batch-size", "64"),
+    ],
 }  # fmt: skip
-"""The recorded `raeflow train` command of each shipped bundle."""
+"""The recorded `raeflow train` commands of each shipped bundle, run in order (a later stage starts
+from the earlier one's model); the last one's `--out` holds the bundle."""
+
+
+def _out(command: list[str]) -> Path:
+    return Path(command[command.index("--out") + 1])
 
 
 def prepare_rgb_data() -> Path:
@@ -104,15 +124,15 @@ def prepare_rgb_data() -> Path:
 
 
 def train(name: str) -> None:
-    """Run the recorded training command of one bundle, logging to bench-out/bundles/<name>.log."""
+    """Run the recorded training commands of one bundle, logging to bench-out/bundles/<out>.log."""
     OUT.mkdir(parents=True, exist_ok=True)
-    command = COMMANDS[name]
-    log = OUT / f"{name}.log"
-    print(f"[{name}] {shlex.join(command)}\n  log: {log}", flush=True)
-    start = time.time()
-    with open(log, "a") as handle:  # a rerun continues the run (and its log)
-        subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
-    print(f"[{name}] trained in {time.time() - start:.0f} s", flush=True)
+    for command in COMMANDS[name]:
+        log = OUT / f"{_out(command).name}.log"
+        print(f"[{name}] {shlex.join(command)}\n  log: {log}", flush=True)
+        start = time.time()
+        with open(log, "a") as handle:  # a rerun continues the run (and its log)
+            subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+        print(f"[{name}] {_out(command).name} trained in {time.time() - start:.0f} s", flush=True)
 
 
 def _portable(value):
@@ -127,14 +147,20 @@ def _portable(value):
 
 
 def _training_facts(name: str) -> dict:
-    """Wall time and speed of the run from its metrics.jsonl."""
-    records = [json.loads(line) for line in (OUT / name / "metrics.jsonl").read_text().splitlines() if line]
-    seconds = sum(r["epoch_seconds"] for r in records)
+    """Commands, wall time and speed of every stage of the run, from their metrics.jsonl."""
+    stages = [
+        [json.loads(line) for line in (_out(command) / "metrics.jsonl").read_text().splitlines() if line]
+        for command in COMMANDS[name]
+    ]
+    records = [record for stage in stages for record in stage]
     images = sum(r["train_images"] for r in records)
+    commands = [_portable(shlex.join(["raeflow", *command[3:]])) for command in COMMANDS[name]]
     return {
-        "command": _portable(shlex.join(["raeflow", *COMMANDS[name][3:]])),
+        "command": commands[-1],
+        "commands": commands,
         "made_by": "bench/make_bundles.py (make bundles)",
-        "wall_seconds": round(seconds, 1),
+        "wall_seconds": round(sum(r["epoch_seconds"] for r in records), 1),
+        "epochs": len(records),
         "train_images_seen": images,
         "images_per_s": round(images / max(1e-9, sum(r["train_seconds"] for r in records)), 1),
         "machine": f"{os.cpu_count()} CPU cores (shared), no GPU",
@@ -187,7 +213,7 @@ def install(name: str) -> None:
     from raeflow.models import load_bundle
 
     torch.set_num_threads(2)
-    source = OUT / name / "model"
+    source = _out(COMMANDS[name][-1]) / "model"
     bundle = load_bundle(str(source))
     benchmark, summary = _benchmark(name, source)
     heldout = {

@@ -178,8 +178,9 @@ class ResidualDenoiser(Autoencoder):
 
 @register_preset("denoiser")
 def denoise_grey() -> dict:
-    """Blind grey denoiser (the builtin:denoise-grey architecture): 14 layers of 48 at half resolution,
-    leaving photos with an estimated noise below 4 (0-255 scale) as they are."""
+    """Blind grey denoiser (the builtin:denoise-grey architecture): 14 layers of 48 at half resolution.
+
+    Its noise guard leaves photos with an estimated noise below 4 (0-255 scale) as they are."""
     return {"in_channels": 1, "channels": 48, "depth": 14, "noise_guard": NOISE_GUARD}
 
 
