@@ -35,7 +35,7 @@ from raeflow.batch.output import OutputDir, UnsafeKey, safe_relpath
 from raeflow.batch.worker import PartWriter, parquet_bytes, piece_stem
 from raeflow.data.sources.base import Shard, Source
 from raeflow.data.sources.parquet import IMAGE_COLUMNS
-from raeflow.data.sources.webdataset import _MEMBER as WDS_MEMBER
+from raeflow.data.sources.webdataset import MEMBER_NAME as WDS_MEMBER
 
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp", "tiff": ".tif"}
 """File extension written for each output format when the input's own cannot be kept."""

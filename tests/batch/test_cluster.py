@@ -1,7 +1,7 @@
 """Batch jobs on a two-node Ray cluster: both nodes write, the driver only keeps the books, and a
 lost node or a killed predictor actor never costs or doubles a key.
 
-The cluster (`tests/batch/two_node_cluster.py`) runs in its own process and each job runs as
+The cluster (`tests/two_node_cluster.py`) runs in its own process and each job runs as
 `raeflow ... --address` in another, so the test session's shared Ray is left alone.
 """
 
@@ -26,7 +26,7 @@ from PIL import Image
 from raeflow.data import images
 from tests.batch.inputs import write_digit_parquet
 
-CLUSTER_SCRIPT = Path(__file__).with_name("two_node_cluster.py")
+CLUSTER_SCRIPT = Path(__file__).parent.parent / "two_node_cluster.py"
 pytestmark = pytest.mark.slow
 
 

@@ -17,7 +17,7 @@ import torch
 
 from raeflow.models import load_bundle
 
-CLUSTER_SCRIPT = Path(__file__).with_name("two_node_cluster.py")
+CLUSTER_SCRIPT = Path(__file__).parent.parent / "two_node_cluster.py"
 
 
 @pytest.mark.slow
@@ -25,7 +25,7 @@ def test_two_workers_on_two_nodes_train_one_model(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
     cluster = subprocess.Popen(
-        [sys.executable, str(CLUSTER_SCRIPT)],
+        [sys.executable, str(CLUSTER_SCRIPT), "--cpus", "2"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,

@@ -36,7 +36,9 @@ IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
 """Fields that hold the image, in order of preference."""
 _READ_FIELDS = frozenset(IMAGE_FIELDS) | {"cls", "json"}
 """Fields whose bytes are read; other members (captions, videos, ...) are skipped unread."""
-_MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # key = dirs + name up to its first dot
+MEMBER_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
+"""A tar member's name as (key, field): the key is its folders and name up to the first dot (also
+how `raeflow.batch.mirror` regroups a tar's members)."""
 
 
 class WebDatasetSource(Source):
@@ -83,7 +85,7 @@ def _samples(fs: Any, path: str) -> Iterator[tuple[str, dict[str, bytes], str | 
             for member in tar:
                 if not member.isfile():
                     continue
-                match = _MEMBER.match(member.name)
+                match = MEMBER_NAME.match(member.name)
                 if match is None:
                     continue  # no extension: not part of any sample
                 member_key, field = match.group(1), match.group(2).lower()

@@ -1,28 +1,33 @@
-"""A two-node Ray cluster on this machine for the batch-job tests (run as a script).
+"""A two-node Ray cluster on this machine for the multi-node training and batch-job tests (run as a
+script).
 
 Prints the cluster's address on the first line, then obeys stdin: `remove` takes the worker node
 away at once (a spot preemption) and prints `removed`, `add` adds a new worker node and prints
 `added`; end of input shuts the cluster down.
-Each node has 3 CPUs (after one node is lost, the other still fits the pool's two predictor
-actors and a read task) and its own custom resource (`node_a`, `node_b`).
+Each node has `--cpus` CPUs (default 3: after one node is lost, the other still fits a batch job's
+two predictor actors and a read task) and its own custom resource (`node_a`, `node_b`).
 
-    python tests/batch/two_node_cluster.py
+    python tests/two_node_cluster.py [--cpus N]
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from ray.cluster_utils import Cluster
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cpus", type=int, default=3, help="CPUs of each node")
+    cpus = parser.parse_args().cpus
     cluster = Cluster(
         initialize_head=True,
         connect=False,
-        head_node_args={"num_cpus": 3, "resources": {"node_a": 1}, "include_dashboard": False},
+        head_node_args={"num_cpus": cpus, "resources": {"node_a": 1}, "include_dashboard": False},
     )
-    worker = cluster.add_node(num_cpus=3, resources={"node_b": 1})
+    worker = cluster.add_node(num_cpus=cpus, resources={"node_b": 1})
     cluster.wait_for_nodes()
     print(cluster.address, flush=True)
     try:
@@ -31,7 +36,7 @@ def main() -> None:
                 cluster.remove_node(worker, allow_graceful=False)
                 print("removed", flush=True)
             elif line.strip() == "add":
-                worker = cluster.add_node(num_cpus=3, resources={"node_b": 1})
+                worker = cluster.add_node(num_cpus=cpus, resources={"node_b": 1})
                 cluster.wait_for_nodes()
                 print("added", flush=True)
     finally:
