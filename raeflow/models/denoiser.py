@@ -45,6 +45,17 @@ FOLD = 2
 NOISE_GUARD = (4.0, 10.0)
 """The shipped denoisers' guard (0-255 scale): measured on BSD68 and held-out colour crops at sigma
 0-50 (bench/denoise_quality.py), it keeps sigma 0 and 5 from losing detail and costs nothing above."""
+OPPONENT = torch.tensor(
+    [
+        [1 / 3, 1 / 3, 1 / 3],
+        [0.5**0.5, 0.0, -(0.5**0.5)],
+        [(1 / 6) ** 0.5, -2 * (1 / 6) ** 0.5, (1 / 6) ** 0.5],
+    ]
+)
+"""RGB -> opponent colours: the mean (noise sigma / sqrt 3) and two orthonormal colour differences
+(noise sigma unchanged), as in CBM3D."""
+OPPONENT_OFFSET = torch.tensor([0.0, 0.5, 0.5])
+"""Added to the colour differences so they sit around mid-grey, where the grey network has seen pixels."""
 GUARD_BLOCK = 8
 """Side of the blocks of diagonal detail coefficients the noise level is estimated from."""
 GUARD_QUANTILE = 0.2
@@ -87,6 +98,7 @@ class ResidualDenoiser(Autoencoder):
         batch_norm: bool = False,
         per_channel: bool = False,
         noise_guard: tuple[float, float] | None = None,
+        colour_space: str = "rgb",
         height: Size = "any",
         width: Size = "any",
         recon_loss: str = "mse",
@@ -105,6 +117,12 @@ class ResidualDenoiser(Autoencoder):
         """Outside training: below an estimated noise of `low` (0-255 scale) the image is left as it is,
         above `high` it is fully denoised, in between partly; and the removed part is never
         stronger than the estimated noise. Keeps clean and barely noisy photos from losing detail."""
+        if colour_space not in ("rgb", "opponent") or (colour_space == "opponent" and in_channels != 3):
+            raise ConfigError("denoiser colour_space is rgb, or opponent for 3 channels")
+        self.colour_space = colour_space
+        """`opponent`: denoise brightness and two colour differences instead of R, G, B (as CBM3D does):
+        the colour differences are smooth, and Gaussian noise stays Gaussian of the same level in them."""
+        self.register_buffer("to_opponent", OPPONENT.clone(), persistent=False)
         net_channels = 1 if per_channel else in_channels
         folded = net_channels * FOLD * FOLD
         self.features = channels
@@ -138,6 +156,8 @@ class ResidualDenoiser(Autoencoder):
         """Folded padded input `(B', 4C', H/2, W/2)` and the last hidden features `(B', channels, H/2, W/2)`;
         per channel, B' = B * C and C' = 1."""
         x = self._pad(x)
+        if self.colour_space == "opponent":  # (B, 3, H, W) RGB -> brightness, two colour differences
+            x = torch.einsum("oc,bchw->bohw", self.to_opponent, x) + OPPONENT_OFFSET.to(x)[:, None, None]
         if self.per_channel:
             x = x.reshape(-1, 1, *x.shape[-2:])  # (B * C, 1, H, W)
         folded = F.pixel_unshuffle(x, FOLD)
@@ -163,7 +183,11 @@ class ResidualDenoiser(Autoencoder):
         return ramp * (sigma / removed.clamp_min(1e-8)).clamp(max=1.0)
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return F.pixel_shuffle(z, FOLD).clamp(0.0, 1.0)  # (B, C, 2h, 2w), clipped to valid pixels
+        x = F.pixel_shuffle(z, FOLD)  # (B, C, 2h, 2w)
+        if self.colour_space == "opponent":  # back to RGB
+            x = x - OPPONENT_OFFSET.to(x)[:, None, None]
+            x = torch.einsum("co,bohw->bchw", torch.linalg.inv(self.to_opponent), x)
+        return x.clamp(0.0, 1.0)  # clipped to valid pixels
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         features = self._features(x)[1].mean(dim=(2, 3))  # (B', channels), whatever the image size
@@ -193,8 +217,15 @@ def denoise_rgb() -> dict:
 @register_preset("denoiser")
 def denoise_rgb_per_channel() -> dict:
     """Colour denoiser (the builtin:denoise-rgb architecture): the denoise_grey network on each channel
-    (start it with --init-from builtin:denoise-grey)."""
-    return {"in_channels": 3, "channels": 48, "depth": 14, "per_channel": True, "noise_guard": NOISE_GUARD}
+    of opponent colours (start it with --init-from builtin:denoise-grey)."""
+    return {
+        "in_channels": 3,
+        "channels": 48,
+        "depth": 14,
+        "per_channel": True,
+        "colour_space": "opponent",
+        "noise_guard": NOISE_GUARD,
+    }
 
 
 @register_preset("denoiser")

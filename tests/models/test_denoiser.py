@@ -63,7 +63,8 @@ def test_batch_norm_denoiser_also_starts_as_the_identity() -> None:
 
 def test_per_channel_colour_model_is_the_grey_network_on_each_channel() -> None:
     torch.manual_seed(0)
-    grey, colour = create_model("denoise_grey").eval(), create_model("denoise_rgb_per_channel").eval()
+    grey = create_model("denoise_grey").eval()
+    colour = create_model("denoise_rgb_per_channel", colour_space="rgb").eval()
     torch.nn.init.normal_(grey.head.weight, std=0.01)
     colour.load_state_dict(grey.state_dict())  # the same weights fit both
     x = torch.rand(2, 3, 21, 34)
@@ -71,6 +72,38 @@ def test_per_channel_colour_model_is_the_grey_network_on_each_channel() -> None:
         expected = torch.cat([grey(x[:, c : c + 1])["recon"] for c in range(3)], dim=1)
         assert torch.allclose(colour(x)["recon"], expected, atol=1e-6)
         assert colour.embed(x).shape == (2, 48)
+
+
+def test_opponent_colour_model_denoises_brightness_and_colour_differences() -> None:
+    from raeflow.models.denoiser import OPPONENT, OPPONENT_OFFSET
+
+    torch.manual_seed(0)
+    grey = create_model("denoise_grey", noise_guard=None).eval()
+    colour = create_model("denoise_rgb_per_channel", noise_guard=None).eval()
+    assert colour.colour_space == "opponent"
+    torch.nn.init.normal_(grey.head.weight, std=0.01)
+    colour.load_state_dict(grey.state_dict())
+    x = torch.rand(1, 3, 20, 34)
+    with torch.no_grad():
+        opponent = torch.einsum("oc,bchw->bohw", OPPONENT, x) + OPPONENT_OFFSET[:, None, None]
+        denoised = torch.cat(
+            [torch.nn.functional.pixel_shuffle(grey.encode(opponent[:, c : c + 1]), 2) for c in range(3)],
+            dim=1,
+        )
+        rgb = torch.einsum(
+            "co,bohw->bchw", torch.linalg.inv(OPPONENT), denoised - OPPONENT_OFFSET[:, None, None]
+        )
+        assert torch.allclose(colour(x)["recon"], rgb.clamp(0, 1), atol=1e-5)
+        assert torch.equal(colour.decode(colour.encode(x)), colour(x)["recon"])
+        # Untrained (the last layer at zero), it still returns its input: the transform round-trips.
+        assert torch.allclose(create_model("denoise_rgb_per_channel").eval()(x)["recon"], x, atol=1e-6)
+
+
+def test_opponent_colours_need_three_channels() -> None:
+    from raeflow.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="colour_space"):
+        create_model("denoise_grey", colour_space="opponent")
 
 
 def _camera() -> torch.Tensor:
