@@ -81,8 +81,9 @@ COMMANDS: dict[str, list[list[str]]] = {
             "denoise-rgb", str(OUT / "rgb-train"),
             "--model", "denoiser", "--preset", "denoise_rgb_per_channel",
             "--init-from", str(OUT / "denoise-grey" / "model"),
-            "--patch-size", "64", "--patches-per-image", "2",
-            "--denoise", RGB_NOISE, "--epochs", "1", "--batch-size", "16", "--lr", "1e-4",
+            "--patch-size", "64", "--patches-per-image", "4",
+            "--denoise", RGB_NOISE, "--epochs", "3", "--batch-size", "16", "--lr", "2e-4",
+            "--cpus-per-worker", "2",
         ),
     ],
     "mnist-conv": [

@@ -216,8 +216,10 @@ def denoise_rgb() -> dict:
 
 @register_preset("denoiser")
 def denoise_rgb_per_channel() -> dict:
-    """Colour denoiser (the builtin:denoise-rgb architecture): the denoise_grey network on each channel
-    of opponent colours (start it with --init-from builtin:denoise-grey)."""
+    """Colour denoiser (the builtin:denoise-rgb architecture): denoise_grey on each opponent colour.
+
+    Brightness and two colour differences, each by the grey network (start it with
+    --init-from builtin:denoise-grey)."""
     return {
         "in_channels": 3,
         "channels": 48,
