@@ -72,7 +72,7 @@ COMMANDS: dict[str, list[list[str]]] = {
             "denoise-grey", str(BENCH / "Train400"),
             "--model", "denoiser", "--preset", "denoise_grey",
             "--init-from", str(OUT / "denoise-grey-base" / "model"),
-            "--patch-size", "64", "--patches-per-image", "32", "--denoise", GREY_NOISE, "--epochs", "10",
+            "--patch-size", "64", "--patches-per-image", "32", "--denoise", GREY_NOISE, "--epochs", "12",
             "--batch-size", "16", "--lr", "3e-4", "--cpus-per-worker", "2",
         ),
     ],

@@ -158,10 +158,20 @@ def _check_same_model(config: TrainConfig, plan: RunPlan) -> None:
     meta = read_bundle_meta(f"{config.out.rstrip('/')}/{CHECKPOINTS_DIR}/{latest['checkpoint_dir_name']}")
     built = create_model(plan.model_name, **plan.model_args)
     theirs = meta.get("architecture", {})
-    if theirs.get("name") != built.arch_name or theirs.get("args") != built.arch_args:
+    if theirs.get("name") != built.arch_name:
         raise ConfigError(
-            f"{config.out} holds a run of {theirs.get('name')!r} {theirs.get('args')} but this command "
-            f"builds {built.arch_name!r} {built.arch_args}; use a new --out, or the same model settings"
+            f"{config.out} holds a run of {theirs.get('name')!r} but this command builds "
+            f"{built.arch_name!r}; use a new --out, or the same model settings"
+        )
+    # Rebuilt by this version of the family, so an argument added since the run started counts
+    # at its default rather than as a difference.
+    stored = create_model(built.arch_name, **theirs.get("args", {})).arch_args
+    differ = {k: (stored.get(k), v) for k, v in built.arch_args.items() if stored.get(k) != v}
+    if differ:
+        changes = ", ".join(f"{k}: {old!r} in the run, {new!r} now" for k, (old, new) in differ.items())
+        raise ConfigError(
+            f"{config.out} holds a run of {built.arch_name!r} with other model settings ({changes}); "
+            "use a new --out, or the same model settings"
         )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from raeflow.errors import BundleError
+from raeflow.errors import BundleError, ConfigError
 from raeflow.models import create_model, load_bundle
 from raeflow.train.checkpoints import TrainerState, read_checkpoint, write_checkpoint
 
@@ -89,3 +89,37 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
     other = create_model("dense")
     with pytest.raises(BundleError, match="new --out"):
         read_checkpoint(tmp_path / "c", other, torch.optim.Adam(other.parameters()))
+
+
+def _run_folder_holding(tmp_path, model) -> str:
+    """A run folder whose latest Ray Train checkpoint is a bundle of `model`."""
+    import json
+
+    from raeflow.models import save_bundle
+    from raeflow.train.checkpoints import CHECKPOINTS_DIR
+    from raeflow.train.trainer import SNAPSHOT_FILE
+
+    save_bundle(model, str(tmp_path / CHECKPOINTS_DIR / "checkpoint-epoch-0002"))
+    snapshot = {"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint-epoch-0002"}}
+    (tmp_path / CHECKPOINTS_DIR / SNAPSHOT_FILE).write_text(json.dumps(snapshot))
+    return str(tmp_path)
+
+
+def test_a_run_continues_when_only_an_argument_added_since_has_its_default(tmp_path) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from raeflow.train.trainer import _check_same_model
+
+    out = _run_folder_holding(tmp_path, create_model("denoise_grey"))
+    meta = tmp_path / "checkpoints" / "checkpoint-epoch-0002" / "bundle.json"
+    record = json.loads(meta.read_text())
+    del record["architecture"]["args"]["colour_space"]  # a run made before the argument existed
+    meta.write_text(json.dumps(record))
+    plan = SimpleNamespace(model_name="denoiser", model_args=create_model("denoise_grey").arch_args)
+    _check_same_model(SimpleNamespace(out=out), plan)  # colour_space="rgb" now: the same model
+
+    plan.model_args = {**plan.model_args, "noise_guard": None}
+    with pytest.raises(ConfigError, match=r"noise_guard: \[4.0, 10.0\] in the run, None now") as err:
+        _check_same_model(SimpleNamespace(out=out), plan)
+    assert "\n" not in str(err.value)
