@@ -129,6 +129,26 @@ def nlm_method(noisy: np.ndarray, sigma: float) -> np.ndarray:
     )
 
 
+def score(fn: Any, sigma: float, cases: list[tuple[str, np.ndarray, np.ndarray]]) -> list[dict]:
+    """One row per (name, clean, noisy) case: PSNR and SSIM of `fn(noisy, sigma)`, the noisy input's
+    PSNR, and the seconds `fn` took."""
+    rows = []
+    for name, clean, noisy in cases:
+        start = time.perf_counter()
+        out = fn(noisy, sigma)
+        seconds = time.perf_counter() - start
+        rows.append(
+            {
+                "image": name,
+                "psnr": psnr(clean, out),
+                "ssim": ssim(clean, out),
+                "noisy_psnr": psnr(clean, noisy) if sigma else float("inf"),
+                "seconds": seconds,
+            }
+        )
+    return rows
+
+
 def run_grey(methods: dict[str, Any], bm3d_every: int, results: dict) -> None:
     for set_name in ("BSD68", "Set12"):
         images = load_set(set_name)
@@ -139,23 +159,12 @@ def run_grey(methods: dict[str, Any], bm3d_every: int, results: dict) -> None:
                 every = bm3d_every if method == "bm3d" and set_name == "BSD68" else 1
                 if sigma in EXTRA_SIGMAS:
                     every = EXTRA_EVERY
-                rows = []
-                for index, (name, clean) in enumerate(images):
-                    if index % every:
-                        continue
-                    noisy = add_noise(clean, sigma, seed=1000 * sigma + index, clip=False)
-                    start = time.perf_counter()
-                    out = fn(noisy, sigma)
-                    seconds = time.perf_counter() - start
-                    rows.append(
-                        {
-                            "image": name,
-                            "psnr": psnr(clean, out),
-                            "ssim": ssim(clean, out),
-                            "noisy_psnr": psnr(clean, noisy) if sigma else float("inf"),
-                            "seconds": seconds,
-                        }
-                    )
+                cases = [
+                    (name, clean, add_noise(clean, sigma, seed=1000 * sigma + index, clip=False))
+                    for index, (name, clean) in enumerate(images)
+                    if index % every == 0
+                ]
+                rows = score(fn, sigma, cases)
                 key = f"grey/{set_name}/{sigma}/{method}"
                 results[key] = summarise(rows, every, len(images))
                 print(f"{key}: {fmt(results[key])}", flush=True)
@@ -173,21 +182,11 @@ def run_rgb(methods: dict[str, Any], results: dict) -> None:
         for method, fn in methods.items():
             if sigma == 0 and method != "ours":
                 continue
-            rows = []
-            for index, (name, clean) in enumerate(crops):
-                noisy = add_noise(clean, sigma, seed=7000 + 1000 * sigma + index, clip=True)
-                start = time.perf_counter()
-                out = fn(noisy, sigma)
-                seconds = time.perf_counter() - start
-                rows.append(
-                    {
-                        "image": name,
-                        "psnr": psnr(clean, out),
-                        "ssim": ssim(clean, out),
-                        "noisy_psnr": psnr(clean, noisy) if sigma else float("inf"),
-                        "seconds": seconds,
-                    }
-                )
+            cases = [
+                (name, clean, add_noise(clean, sigma, seed=7000 + 1000 * sigma + index, clip=True))
+                for index, (name, clean) in enumerate(crops)
+            ]
+            rows = score(fn, sigma, cases)
             key = f"rgb/crops/{sigma}/{method}"
             results[key] = summarise(rows, 1, len(crops))
             print(f"{key}: {fmt(results[key])}", flush=True)

@@ -90,22 +90,19 @@ def plan_run(config: TrainConfig, source) -> RunPlan:
         args["beta"] = config.beta
     contract = create_model(config.model_name, **args).input_contract
     fixed = contract["height"] != "any" and contract["width"] != "any"
-    if config.patch_size is not None:
-        train_h = train_w = config.patch_size
+    if config.patch_size is not None or config.image_size is not None:
+        if config.patch_size is not None:
+            train_h = train_w = config.patch_size
+            hint = f"--patch-size {contract['height']} or a fully convolutional model"
+        else:
+            assert config.image_size is not None
+            train_h, train_w = config.image_size
+            hint = f"--image-size {contract['height']}x{contract['width']}"
         if fixed and (contract["height"], contract["width"]) != (train_h, train_w):
             if not {"height", "width"} <= set(parameters):
                 raise ConfigError(
                     f"model {config.model_name!r} is built for {contract['height']}x{contract['width']} "
-                    f"images only; pass --patch-size {contract['height']} or a fully convolutional model"
-                )
-            args.update(height=train_h, width=train_w)
-    elif config.image_size is not None:
-        train_h, train_w = config.image_size
-        if fixed and (contract["height"], contract["width"]) != (train_h, train_w):
-            if not {"height", "width"} <= set(parameters):
-                raise ConfigError(
-                    f"model {config.model_name!r} is built for {contract['height']}x{contract['width']} "
-                    f"images only; pass --image-size {contract['height']}x{contract['width']}"
+                    f"images only; pass {hint}"
                 )
             args.update(height=train_h, width=train_w)
     elif fixed:
