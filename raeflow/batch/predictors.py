@@ -12,7 +12,8 @@ notebooks call them directly:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +24,7 @@ from raeflow.batch.decoding import PASS_THROUGH, alphas_of, pixels_of
 from raeflow.batch.tiling import padded_apply, tiled_apply_uint8
 from raeflow.data import images
 from raeflow.models import Autoencoder, load_bundle
+from raeflow.models.denoiser import noise_sample
 
 SIZE_MULTIPLE = 32
 """Fully convolutional models run on images padded to a multiple of this (at least their stride)."""
@@ -207,11 +209,31 @@ class DenoisePredictor(Predictor):
             def run_tiles(x: torch.Tensor) -> torch.Tensor:  # (n, C, t, t) on the CPU
                 return self._with_channels(x.to(self.device), self._padded_recon)
 
-            return tiled_apply_uint8(
-                run_tiles, array, tile=side, overlap=self.tile_overlap, multiple=SIZE_MULTIPLE
-            )
+            with self._one_noise_level(array):
+                return tiled_apply_uint8(
+                    run_tiles, array, tile=side, overlap=self.tile_overlap, multiple=SIZE_MULTIPLE
+                )
         x = to_tensor([array]).to(self.device)  # (1, C, H, W)
         return to_pixels(self._with_channels(x, self._run)[0], array.dtype)
+
+    @contextmanager
+    def _one_noise_level(self, array: np.ndarray) -> Iterator[None]:
+        """While tiles of `array` go through a model with a noise guard, it uses the whole image's
+        noise level (from a sample of its blocks), so a flat tile and a textured one of the same
+        photo are denoised alike."""
+        pin = getattr(self.model, "pinned_noise", None)
+        if pin is None or getattr(self.model, "noise_guard", None) is None:
+            yield
+            return
+        sample = to_tensor([noise_sample(array)]).to(self.device)  # (1, C, h, w)
+        with ExitStack() as stack:
+
+            def enter(x: torch.Tensor) -> torch.Tensor:  # x: the sample as the model will see images
+                stack.enter_context(pin(x))
+                return x
+
+            self._with_channels(sample, enter)
+            yield
 
     def _with_channels(self, x: torch.Tensor, run: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """`run` (the model at its channels) on `x` `(B, C, H, W)` of any channel count -> `(B, C, H, W)`."""

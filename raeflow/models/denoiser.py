@@ -17,6 +17,7 @@ The shipped presets therefore carry a *noise guard* (`noise_guard=(low, high)`, 
 outside training only: each image's noise level is estimated from its finest diagonal detail in
 its flattest areas (`estimate_noise`); below `low` the image comes back unchanged, above `high` it
 is fully denoised, in between partly, and what is removed is never stronger than that estimate.
+A photo denoised in tiles is estimated once, as a whole (`pinned_noise`), not tile by tile.
 Odd heights and widths are padded (edge pixels
 repeated) to even and cropped back.
 
@@ -31,6 +32,11 @@ even sizes).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -84,6 +90,20 @@ def estimate_noise(folded: torch.Tensor, channels: int) -> torch.Tensor:
     return (torch.quantile(rms.sqrt(), GUARD_QUANTILE, dim=2) * GUARD_CORRECTION).mean(dim=1)
 
 
+def noise_sample(image: np.ndarray, max_blocks: int = 4096) -> np.ndarray:
+    """At most `max_blocks` of the `2 x GUARD_BLOCK`-pixel blocks of `image` `(H, W, C)`, taken on an
+    even grid and put side by side `(h, w, C)`: what `estimate_noise` sees of the whole image, in
+    bounded memory (4096 blocks of 16x16: 1 megapixel), since it works on such blocks one by one."""
+    side = FOLD * GUARD_BLOCK
+    rows, cols = image.shape[0] // side, image.shape[1] // side
+    if rows * cols <= max_blocks:
+        return image
+    step = math.ceil(math.sqrt(rows * cols / max_blocks))
+    grid = image[: rows * side, : cols * side].reshape(rows, side, cols, side, image.shape[2])
+    picked = grid[::step, :, ::step]  # (r, side, c, side, C), r * c <= max_blocks
+    return np.ascontiguousarray(picked).reshape(picked.shape[0] * side, picked.shape[2] * side, image.shape[2])
+
+
 @register_family("denoiser", "blind residual denoiser (DnCNN/FFDNet line) at half resolution, any size")
 class ResidualDenoiser(Autoencoder):
     """Pixel unshuffle, `depth` 3x3 conv layers of `channels` features (ReLU between, batch norm in
@@ -120,6 +140,7 @@ class ResidualDenoiser(Autoencoder):
         if colour_space not in ("rgb", "opponent") or (colour_space == "opponent" and in_channels != 3):
             raise ConfigError("denoiser colour_space is rgb, or opponent for 3 channels")
         self.colour_space = colour_space
+        self._pinned: torch.Tensor | None = None  # noise levels set by `pinned_noise`
         """`opponent`: denoise brightness and two colour differences instead of R, G, B (as CBM3D does):
         the colour differences are smooth, and Gaussian noise stays Gaussian of the same level in them."""
         self.register_buffer("to_opponent", OPPONENT.clone(), persistent=False)
@@ -152,16 +173,16 @@ class ResidualDenoiser(Autoencoder):
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")  # (B, C, H + pad_h, W + pad_w)
         return x
 
-    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Folded padded input `(B', 4C', H/2, W/2)` and the last hidden features `(B', channels, H/2, W/2)`;
-        per channel, B' = B * C and C' = 1."""
+    def _features(self, x: torch.Tensor, *, fold_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Folded padded input `(B', 4C', H/2, W/2)` and the last hidden features `(B', channels, H/2, W/2)`
+        (not computed, the folded input again, with `fold_only`); per channel, B' = B * C and C' = 1."""
         x = self._pad(x)
         if self.colour_space == "opponent":  # (B, 3, H, W) RGB -> brightness, two colour differences
             x = torch.einsum("oc,bchw->bohw", self.to_opponent, x) + OPPONENT_OFFSET.to(x)[:, None, None]
         if self.per_channel:
             x = x.reshape(-1, 1, *x.shape[-2:])  # (B * C, 1, H, W)
         folded = F.pixel_unshuffle(x, FOLD)
-        return folded, self.body(folded)
+        return folded, folded if fold_only else self.body(folded)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         folded, features = self._features(x)
@@ -173,11 +194,29 @@ class ResidualDenoiser(Autoencoder):
             z = z.reshape(x.shape[0], -1, *z.shape[-2:])
         return z
 
+    @contextmanager
+    def pinned_noise(self, x: torch.Tensor) -> Iterator[None]:
+        """Inside the block the guard uses the noise level of `x` `(B0, C, H, W)` for every image: a
+        batch of tiles of one photo (B = n x B0) is treated as that photo, not tile by tile.
+
+        `x` is the whole image, or a sample of its `GUARD_BLOCK x 2`-pixel blocks (`noise_sample`).
+        """
+        with torch.no_grad():
+            folded = self._features(x, fold_only=True)[0]
+            self._pinned = estimate_noise(folded, folded.shape[1] // (FOLD * FOLD))  # (B0',)
+        try:
+            yield
+        finally:
+            self._pinned = None
+
     def _guard(self, folded: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """How much of the predicted noise to remove from each image, `(B',)` in [0, 1]."""
         assert self.noise_guard is not None
         low, high = (v / 255.0 for v in self.noise_guard)
-        sigma = estimate_noise(folded, folded.shape[1] // (FOLD * FOLD))  # (B',)
+        if self._pinned is not None:  # (B0',) repeated over the batch of tiles
+            sigma = self._pinned.to(folded).repeat(folded.shape[0] // len(self._pinned))
+        else:
+            sigma = estimate_noise(folded, folded.shape[1] // (FOLD * FOLD))  # (B',)
         ramp = ((sigma - low) / (high - low)).clamp(0.0, 1.0)
         removed = noise.pow(2).flatten(1).mean(dim=1).sqrt()  # RMS of what the network would remove
         return ramp * (sigma / removed.clamp_min(1e-8)).clamp(max=1.0)

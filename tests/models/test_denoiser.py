@@ -124,6 +124,25 @@ def test_noise_estimate_finds_the_added_noise_on_a_real_photo(sigma: float) -> N
     assert float(estimate_noise(torch.nn.functional.pixel_unshuffle(clean, 2), 1)) * 255 < 2.0
 
 
+def test_noise_sample_of_a_large_photo_reads_as_the_whole_photo() -> None:
+    import numpy as np
+
+    from raeflow.models.denoiser import estimate_noise, noise_sample
+
+    rng = np.random.default_rng(0)
+    clean = np.tile(_camera()[0, 0].numpy(), (4, 6))  # 2048x3072, flat sky and grass alike
+    noisy = np.clip(clean + rng.normal(0, 6 / 255, clean.shape), 0, 1).astype("float32")[:, :, None]
+    sample = noise_sample(noisy)
+    assert sample.shape[0] * sample.shape[1] <= 4096 * 16 * 16 and sample.shape[2] == 1
+
+    def level(image: np.ndarray) -> float:
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+        return float(estimate_noise(torch.nn.functional.pixel_unshuffle(x, 2), 1)) * 255
+
+    assert abs(level(sample) - level(noisy)) < 0.2
+    assert noise_sample(noisy[:512, :512]).shape == (512, 512, 1)  # small enough: all of it
+
+
 def _as_if_trained(preset: str = "denoise_grey") -> torch.nn.Module:
     torch.manual_seed(0)
     model = create_model(preset)
