@@ -56,6 +56,11 @@ class EmbeddingWriter(PartWriter):
 
 def run_embed(config: EmbedConfig) -> JobSummary:
     """Embed every image of `config.data` with the bundle `config.model` into `config.out`."""
+    return run_batch_job(embed_job(config))
+
+
+def embed_job(config: EmbedConfig) -> BatchJob:
+    """The batch job `run_embed` runs (checks the bundle against the settings, lists nothing yet)."""
     config.run.validate()
     bundle = load_bundle(config.model)
     contract = bundle.model.input_contract
@@ -69,7 +74,7 @@ def run_embed(config: EmbedConfig) -> JobSummary:
     dim = embedding_dim(bundle.model, channels, *(size or (None, None)))
     schema = embedding_schema(dim, with_labels=source.has_labels, fingerprint=bundle.fingerprint)
     writer = EmbeddingWriter(schema)
-    job = BatchJob(
+    return BatchJob(
         name="embed",
         source=source,
         out=OutputDir(config.out),
@@ -82,4 +87,3 @@ def run_embed(config: EmbedConfig) -> JobSummary:
         run=config.run,
         outputs_hint="part-*.parquet",
     )
-    return run_batch_job(job)

@@ -1,7 +1,8 @@
 """Run a batch job as one Ray Data stream whose workers write the outputs; the driver only keeps the books.
 
-    pending shards -> read tasks (BatchSource)   one CPU task per shard, decoding as it reads;
-                                                 prefers nodes labelled raeflow.io/role=decode
+    pending shards -> reads (BatchSource)        one read per shard, decoding as it reads; with --gpu
+                                                 CPU tasks preferring nodes labelled
+                                                 raeflow.io/role=decode, else fused into the actors
                    -> PredictAndWrite actors     elastic pool (1 .. CPUs, or GPUs with --gpu; --workers
                                                  caps it): predict a block, write its files to --out
                    -> driver                     small commit records (shard, rows, files, bytes, node);
@@ -54,6 +55,9 @@ CRASH_HOOK = "RAEFLOW_TEST_CRASH_AFTER_SHARDS"
 
 DECODE_LABEL = ("raeflow.io/role", "decode")
 """Node label of the CPU-only decode workers (cluster.yaml); read tasks prefer such nodes."""
+
+PLACEMENT = {"label_selector": dict([DECODE_LABEL]), "fallback_strategy": [{"label_selector": {}}]}
+"""Where read tasks (and shard-finishing tasks) go: decode-labelled nodes when the cluster has them."""
 
 ACTOR_START_SECONDS = 1800
 """How long the job waits for its first predictor actors (an autoscaler may have to add their nodes)."""
@@ -158,36 +162,8 @@ def _stream(
 
     Adds the bytes of the commit records the driver receives to `received[0]`.
     """
-    from raeflow.data.dataset import read_dataset
-
-    decode_args = {"label_selector": dict([DECODE_LABEL]), "fallback_strategy": [{"label_selector": {}}]}
-    ds = read_dataset(
-        BatchSource(job.source, job.decode),
-        pending,
-        batch_rows=job.run.batch_size,
-        schema=DECODED_SCHEMA,
-        **decode_args,
-    )
-    ds.context.target_max_block_size = job.block_bytes
-    # Let the first actors (one per node) start before any block is handed out, so an actor that
-    # comes up first cannot take every block of a small job while the others still load the model.
-    ds.context.wait_for_min_actors_s = ACTOR_START_SECONDS
-    ds = ds.map_batches(
-        PredictAndWrite,  # type: ignore[arg-type]  # a callable class Ray runs in an actor pool
-        fn_constructor_kwargs={
-            "predictor": job.predictor,
-            "predictor_kwargs": job.predictor_kwargs,
-            "writer": job.writer,
-            "out": job.out.uri,
-            "batch_size": job.run.batch_size,
-        },
-        compute=predictor_pool(job.run),
-        batch_size=None,  # one block per call: rows of one shard, sliced to batch_size for the model
-        batch_format="pyarrow",
-        num_cpus=job.run.worker_cpus,
-        num_gpus=1 if job.run.gpu else None,
-    )  # Ray Data's actor pools restart a lost actor and redo its block (max_restarts=-1 by default)
-    books = _Books(job, manifest, decode_args)
+    ds = pipeline(job, pending)
+    books = _Books(job, manifest, dict(PLACEMENT))
     books.add_shards(pending)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
         assert isinstance(batch, pa.Table)
@@ -208,6 +184,61 @@ def _stream(
     yield from books.finished(wait=True)
 
 
+def pipeline(job: BatchJob, pending: list[Shard]) -> Any:
+    """The job's Ray Data pipeline over `pending` shards: it yields `COMMIT_SCHEMA` records.
+
+    Without --gpu the read is fused into the predictor actors: each actor reads and decodes a
+    shard's blocks, predicts and writes them in one process, so no decoded block crosses the object
+    store and no core waits between a decode task and an actor (docs/batch.md, "Where the time
+    goes"). With --gpu decoding stays in separate CPU tasks, preferring decode-labelled nodes, so
+    it scales apart from the GPUs.
+    """
+    from raeflow.data.dataset import read_dataset
+
+    fused = not job.run.gpu
+    read_args: dict[str, Any] = dict(PLACEMENT)
+    if fused:  # Ray Data fuses a read into the next operator when their resource requests match
+        read_args["num_cpus"] = job.run.worker_cpus
+    ds = read_dataset(
+        BatchSource(job.source, job.decode),
+        pending,
+        batch_rows=job.run.batch_size,
+        schema=DECODED_SCHEMA,
+        **read_args,
+    )
+    ds.context.target_max_block_size = job.block_bytes
+    # Let the first actors (one per node) start before any block is handed out, so an actor that
+    # comes up first cannot take every block of a small job while the others still load the model.
+    ds.context.wait_for_min_actors_s = ACTOR_START_SECONDS
+    return ds.map_batches(
+        PredictAndWrite,  # type: ignore[arg-type]  # a callable class Ray runs in an actor pool
+        fn_constructor_kwargs={
+            "predictor": job.predictor,
+            "predictor_kwargs": job.predictor_kwargs,
+            "writer": job.writer,
+            "out": job.out.uri,
+            "batch_size": job.run.batch_size,
+        },
+        compute=predictor_pool(job.run),
+        # One block per call (rows of one shard, sliced to batch_size for the model); Ray Data wants
+        # a number of rows when actors hold GPUs: a block's worth, so parts stay as large.
+        batch_size=rows_per_block(job) if job.run.gpu else None,
+        batch_format="pyarrow",
+        num_gpus=1 if job.run.gpu else None,
+        **(read_args if fused else {"num_cpus": job.run.worker_cpus}),
+    )  # Ray Data's actor pools restart a lost actor and redo its block (max_restarts=-1 by default)
+
+
+def rows_per_block(job: BatchJob) -> int:
+    """Rows in a block of decoded images: `block_bytes` of them at the decoded size, or `batch_size`
+    rows when images keep their own sizes (a denoise writes one file per image anyway)."""
+    decode = job.decode
+    if decode.height and decode.width:
+        pixels = decode.height * decode.width * (decode.channels or 3)
+        return max(job.run.batch_size, job.block_bytes // pixels)
+    return job.run.batch_size
+
+
 def predictor_pool(run: RunOptions) -> Any:
     """The elastic actor pool: from one actor per node (with a CPU, or a GPU with --gpu) up to --workers,
     or without it one per GPU with --gpu, else one per `worker_cpus` CPUs that the cluster has now."""
@@ -223,7 +254,9 @@ def predictor_pool(run: RunOptions) -> Any:
     # One actor per node (Ray Data spreads them) from the start and at least until the end, so no
     # node sits idle while a replacement actor loads the model; more while blocks queue up.
     least = max(1, min(most, nodes))
-    return ray.data.ActorPoolStrategy(min_size=least, max_size=most, initial_size=least)
+    # Without GPUs the actors also decode (see `pipeline`), so every CPU has work from the start.
+    initial = least if run.gpu else most
+    return ray.data.ActorPoolStrategy(min_size=least, max_size=most, initial_size=initial)
 
 
 class _Books:

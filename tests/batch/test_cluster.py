@@ -1,5 +1,6 @@
 """Batch jobs on a two-node Ray cluster: both nodes write, the driver only keeps the books, and a
-lost node or a killed predictor actor never costs or doubles a key.
+lost node or a killed predictor actor never costs or doubles a key. The cluster is shaped like
+cluster.yaml's: a CPU-only decode node (the head) and a node with a (declared) GPU.
 
 The cluster (`tests/two_node_cluster.py`) runs in its own process and each job runs as
 `raeflow ... --address` in another, so the test session's shared Ray is left alone.
@@ -37,7 +38,7 @@ class TwoNodes:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         env.pop("RAY_ADDRESS", None)
         self.process = subprocess.Popen(
-            [sys.executable, str(CLUSTER_SCRIPT)],
+            [sys.executable, str(CLUSTER_SCRIPT), "--gpu-worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -185,6 +186,25 @@ def test_embed_and_denoise_write_from_both_nodes_and_the_driver_gets_only_record
     denoised = pq.read_table(out / "part-03.parquet")
     assert denoised.column("key").to_pylist() == keys[9:12]
     assert images.decode_image(denoised.column("image")[0].as_py()).shape == (640, 640, 3)
+
+
+def test_gpu_jobs_run_their_predictors_on_the_gpu_node(
+    two_nodes: TwoNodes, tmp_path: Path, conv_bundle, mnist_digits
+) -> None:
+    digits, labels = mnist_digits
+    keys = write_digit_parquet(str(tmp_path / "in"), digits, labels, files=4, rows=30)
+    out = str(tmp_path / "emb")
+    done = subprocess.run(
+        _cli(two_nodes, "embed", "--data", str(tmp_path / "in"), "--model", conv_bundle, "--out", out, "--gpu"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_exactly_once(out, keys)
+    records = _records(out)
+    assert len({node for record in records for node in record["nodes"]}) == 1  # the one node with a GPU
+    assert [len(record["outputs"]) for record in records] == [1, 1, 1, 1]  # a part per shard, as on CPUs
 
 
 def _cmdline(pid: int) -> str:

@@ -12,7 +12,8 @@ import pytest
 
 import raeflow
 from raeflow.batch.config import EmbedConfig, RunOptions
-from raeflow.batch.embed import run_embed
+from raeflow.batch.embed import embed_job, run_embed
+from raeflow.batch.runner import pipeline
 from raeflow.data import images
 from raeflow.errors import JobError
 from tests.batch.inputs import write_digit_parquet, write_digits
@@ -75,6 +76,25 @@ def test_embedding_table_reads_in_duckdb_and_pandas_without_raeflow(
     )
     assert metadata[b"raeflow.version"] == raeflow.__version__.encode()
     assert part.read().column("key").to_pylist() == keys[20:40]  # part 00001-... holds shard 1
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_cpu_jobs_decode_inside_the_predictor_actors(ray_session, tmp_path, conv_bundle, mnist_digits, capsys, gpu):
+    # Without GPUs a separate decode task would only hand its block to an actor on the same cores;
+    # with --gpu, decoding stays in CPU tasks that can run on other (CPU-only) nodes.
+    digits, labels = mnist_digits
+    write_digit_parquet(str(tmp_path / "in"), digits, labels, files=2, rows=10)
+    config = EmbedConfig(
+        data=str(tmp_path / "in"), model=conv_bundle, out=str(tmp_path / "emb"), run=RunOptions(gpu=gpu)
+    )
+    job = embed_job(config)
+    pipeline(job, job.source.list_shards()).explain()
+    physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+    if gpu:
+        assert "ActorPoolMapOperator[MapBatches(PredictAndWrite)]" in physical
+        assert "TaskPoolMapOperator[ReadParquet]" in physical
+    else:
+        assert "ActorPoolMapOperator[ReadParquet->MapBatches(PredictAndWrite)]" in physical
 
 
 def test_rerun_skips_finished_shards_and_refuses_another_model(
