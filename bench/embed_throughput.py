@@ -14,8 +14,8 @@ start-up, writing included), outputs counted:
 - (a) `raeflow embed --data ... --model ... --out ...`, the CLI, on tars and on the folder;
 - (b) `bench/handwritten.py dataloader`: DataLoader(num_workers=2), PIL decode + resize, pyarrow;
 - (c) `bench/handwritten.py raydata`: read_webdataset/read_images -> map_batches -> write_parquet;
-- (d) limits, in this process: the model's forward pass alone on decoded 64x64 tensors (all
-  cores), and decode + resize alone (`decode_fitted`, one process per core; PIL's plain
+- (d) limits: the model's forward pass alone on decoded 64x64 tensors (one process per core),
+  and decode + resize alone (`decode_fitted`, one process per core; PIL's plain
   open/convert/resize beside it); their pipeline limit is 1 / (1/model + 1/decode), as both share
   the same cores.
 Each run's CPU time (all its processes: Ray's raylet and workers, DataLoader workers, adopted and
@@ -55,7 +55,9 @@ HANDWRITTEN = Path(__file__).resolve().parent / "handwritten.py"
 
 
 class ProcessMemory:
-    """Peak resident and private memory of process `pid`, sampled every 50 ms from /proc."""
+    """Peak resident memory of process `pid` (from /proc/PID/status every 50 ms) and its peak private
+    memory (smaps_rollup, once a second: reading it walks the process's page tables and stalls it;
+    every 50 ms it slowed a raeflow driver by 4-5 s in a 24 s run)."""
 
     def __init__(self, pid: int) -> None:
         self.pid, self.rss, self.private = pid, 0, 0
@@ -63,20 +65,27 @@ class ProcessMemory:
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
 
+    def _fields(self, name: str) -> dict[str, int]:
+        fields = {}
+        with open(f"/proc/{self.pid}/{name}") as lines:
+            for line in lines:
+                key, _, rest = line.partition(":")
+                if rest.strip().endswith("kB"):
+                    fields[key] = int(rest.split()[0]) * 1024
+        return fields
+
     def _sample(self) -> None:
+        tick = 0
         while not self._stop.is_set():
             try:
-                with open(f"/proc/{self.pid}/smaps_rollup") as rollup:
-                    fields = {}
-                    for line in rollup:
-                        name, _, rest = line.partition(":")
-                        if rest.strip().endswith("kB"):
-                            fields[name] = int(rest.split()[0]) * 1024
+                self.rss = max(self.rss, self._fields("status").get("VmRSS", 0))
+                if tick % 20 == 0:
+                    rollup = self._fields("smaps_rollup")
+                    private = rollup.get("Private_Clean", 0) + rollup.get("Private_Dirty", 0)
+                    self.private = max(self.private, private)
             except (FileNotFoundError, ProcessLookupError, PermissionError):
                 return
-            self.rss = max(self.rss, fields.get("Rss", 0))
-            private = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
-            self.private = max(self.private, private)
+            tick += 1
             time.sleep(0.05)
 
     def stop(self) -> None:
@@ -173,18 +182,34 @@ def handwritten(script: str, data: Path, bundle: str, out: Path) -> list[str]:
     ]
 
 
-def model_limit(bundle_model: torch.nn.Module, num_images: int, batch: int = 256) -> float:
-    """Images/s of the forward pass alone on decoded uint8 64x64 tensors, all cores."""
-    torch.set_num_threads(os.cpu_count() or 1)
+_LIMIT_MODEL: torch.nn.Module | None = None  # the model the forked limit processes run
+
+
+def _forward(num_images: int, batch: int = 256) -> float:
+    """Seconds of the forward pass on `num_images` decoded 64x64 images, one thread (a pool process)."""
+    assert _LIMIT_MODEL is not None
+    torch.set_num_threads(1)
     pixels = torch.randint(0, 256, (batch, 3, 64, 64), dtype=torch.uint8)
     with torch.inference_mode():
-        bundle_model.embed(pixels.float() / 255)  # warm-up
+        _LIMIT_MODEL.embed(pixels.float() / 255)  # warm-up
         started, done = time.perf_counter(), 0
         while done < num_images:
-            bundle_model.embed(pixels.float() / 255)
+            _LIMIT_MODEL.embed(pixels.float() / 255)
             done += batch
-    torch.set_num_threads(1)
-    return done / (time.perf_counter() - started)
+    return time.perf_counter() - started
+
+
+def model_limit(bundle_model: torch.nn.Module, num_images: int) -> float:
+    """Images/s of the forward pass alone on decoded uint8 64x64 tensors: one process per core, one
+    thread each, as raeflow's actors and the decode limit run (one process of two threads was
+    10 % slower on this model)."""
+    global _LIMIT_MODEL
+    _LIMIT_MODEL = bundle_model
+    cores = os.cpu_count() or 1
+    share = max(256, num_images // cores)
+    with multiprocessing.get_context("fork").Pool(cores) as pool:
+        seconds = pool.map(_forward, [share] * cores)
+    return share * cores / max(seconds)
 
 
 def _decode_raeflow(paths: list[str]) -> int:
@@ -216,6 +241,29 @@ def load_line() -> str:
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
 
 
+class RunningRay:
+    """A one-node Ray started in a process of its own, as `ray start --head` would: for the row of
+    raeflow joining a Ray that is already up (`--address`), where Ray's start-up is not paid."""
+
+    def __enter__(self) -> str:
+        code = (
+            "import sys; from ray.cluster_utils import Cluster; "
+            f"c = Cluster(initialize_head=True, connect=False, head_node_args={{'num_cpus': {os.cpu_count()}, "
+            "'include_dashboard': False}); print(c.address, flush=True); sys.stdin.read(); c.shutdown()"
+        )
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+        address = self.process.stdout.readline().strip()  # type: ignore[union-attr]
+        assert address, "the Ray for the --address row did not start"
+        return address
+
+    def __exit__(self, *_: object) -> None:
+        self.process.stdin.close()  # type: ignore[union-attr]
+        self.process.wait(timeout=120)
+
+
 def embed_rows(args: argparse.Namespace, corpus: Path, bundle: str, work: Path) -> list[dict]:
     runs = []
     for data in (corpus / "wds", corpus / "folder"):
@@ -231,6 +279,14 @@ def embed_rows(args: argparse.Namespace, corpus: Path, bundle: str, work: Path) 
             run["images_per_s"] = args.num_images / run["seconds"]
             print(f"  {run['name']}: {run['seconds']:.1f}s, {run['rows']:,} rows ({load_line()})", flush=True)
             runs.append(run)
+    with RunningRay() as address:
+        command = raeflow_embed(corpus / "wds", bundle, work / "a", [*args.raeflow_args, "--address", address])
+        run = timed("(a) raeflow embed --address, tars", command, work / "a")
+    run["rows"] = embedded_rows(work / "a")
+    run["images_per_s"] = args.num_images / run["seconds"]
+    run["cpu"] = float("nan")  # the running Ray's workers are not this run's children
+    print(f"  {run['name']}: {run['seconds']:.1f}s, {run['rows']:,} rows ({load_line()})", flush=True)
+    runs.append(run)
     return runs
 
 
@@ -264,6 +320,9 @@ def print_embed_table(runs: list[dict], model_rate: float, decode_rates: dict[st
                 f"ratios of {measure} on {kind}: raeflow/DataLoader {ours / loader:.2f}x, "
                 f"raeflow/Ray Data {ours / ray_data:.2f}x"
             )
+    rates = {run["name"]: run["images_per_s"] for run in runs}
+    warm = rates["(a) raeflow embed --address, tars"] / rates["(b) DataLoader script, tars"]
+    print(f"ratio of images/s on tars with Ray already running: raeflow/DataLoader {warm:.2f}x")
 
 
 def memory_scale(args: argparse.Namespace, bundle: str, work: Path) -> None:

@@ -1,8 +1,9 @@
 """Run a batch job as one Ray Data stream whose workers write the outputs; the driver only keeps the books.
 
-    pending shards -> reads (BatchSource)        one read per shard, decoding as it reads; with --gpu
-                                                 CPU tasks preferring nodes labelled
-                                                 raeflow.io/role=decode, else fused into the actors
+    pending shards -> reads (BatchSource)        one read per shard, decoding as it reads: fused into
+                                                 the actors on CPUs when shards are plenty
+                                                 (`fuses_read`), else CPU tasks preferring nodes
+                                                 labelled raeflow.io/role=decode
                    -> PredictAndWrite actors     elastic pool (1 .. CPUs, or GPUs with --gpu; --workers
                                                  caps it): predict a block, write its files to --out
                    -> driver                     small commit records (shard, rows, files, bytes, node);
@@ -61,6 +62,11 @@ PLACEMENT = {"label_selector": dict([DECODE_LABEL]), "fallback_strategy": [{"lab
 
 ACTOR_START_SECONDS = 1800
 """How long the job waits for its first predictor actors (an autoscaler may have to add their nodes)."""
+
+FUSED_SHARDS_PER_ACTOR = 3
+"""Reads are fused into the actors only with at least this many shards per actor: an actor reads a
+whole shard, so with fewer the last shards leave actors idle (with 3, about a sixth of the time at
+worst, against the third that separate decode tasks and actors waited on each other)."""
 
 BLOCK_BYTES = 32 * 1024 * 1024
 """Target size of a block of decoded rows, which is also what one part file holds (see docs/batch.md)."""
@@ -187,15 +193,17 @@ def _stream(
 def pipeline(job: BatchJob, pending: list[Shard]) -> Any:
     """The job's Ray Data pipeline over `pending` shards: it yields `COMMIT_SCHEMA` records.
 
-    Without --gpu the read is fused into the predictor actors: each actor reads and decodes a
-    shard's blocks, predicts and writes them in one process, so no decoded block crosses the object
-    store and no core waits between a decode task and an actor (docs/batch.md, "Where the time
-    goes"). With --gpu decoding stays in separate CPU tasks, preferring decode-labelled nodes, so
-    it scales apart from the GPUs.
+    Without --gpu, and with enough shards to go round (`fuses_read`), the read is fused into the
+    predictor actors: each actor reads and decodes a shard's blocks, predicts and writes them in one
+    process, so no decoded block crosses the object store and no core waits between a decode task
+    and an actor (docs/batch.md, "Where the time goes"). Otherwise decoding runs in separate CPU
+    tasks, preferring decode-labelled nodes: with --gpu it scales apart from the GPUs, and the
+    blocks of a few shards still spread over every actor.
     """
     from raeflow.data.dataset import read_dataset
 
-    fused = not job.run.gpu
+    pool = predictor_pool(job.run, len(pending))
+    fused = fuses_read(job.run, len(pending))
     read_args: dict[str, Any] = dict(PLACEMENT)
     if fused:  # Ray Data fuses a read into the next operator when their resource requests match
         read_args["num_cpus"] = job.run.worker_cpus
@@ -219,7 +227,7 @@ def pipeline(job: BatchJob, pending: list[Shard]) -> Any:
             "out": job.out.uri,
             "batch_size": job.run.batch_size,
         },
-        compute=predictor_pool(job.run),
+        compute=pool,
         # One block per call (rows of one shard, sliced to batch_size for the model); Ray Data wants
         # a number of rows when actors hold GPUs: a block's worth, so parts stay as large.
         batch_size=rows_per_block(job) if job.run.gpu else None,
@@ -239,23 +247,39 @@ def rows_per_block(job: BatchJob) -> int:
     return job.run.batch_size
 
 
-def predictor_pool(run: RunOptions) -> Any:
-    """The elastic actor pool: from one actor per node (with a CPU, or a GPU with --gpu) up to --workers,
-    or without it one per GPU with --gpu, else one per `worker_cpus` CPUs that the cluster has now."""
+def fuses_read(run: RunOptions, num_shards: int) -> bool:
+    """Whether the job reads inside its predictor actors: on CPUs, with at least
+    `FUSED_SHARDS_PER_ACTOR` shards per actor of the pool (one actor reads a whole shard)."""
+    if run.gpu:
+        return False
+    return num_shards >= FUSED_SHARDS_PER_ACTOR * _most_actors(run)
+
+
+def _most_actors(run: RunOptions) -> int:
     import ray
 
-    resources = ray.cluster_resources()
-    kind = "GPU" if run.gpu else "CPU"
     if run.workers is not None:  # an autoscaling cluster may not have these nodes yet
-        most = run.workers
-    else:
-        most = max(1, int(resources.get(kind, 1) // (1 if run.gpu else run.worker_cpus)))
+        return run.workers
+    resources = ray.cluster_resources()
+    if run.gpu:
+        return max(1, int(resources.get("GPU", 1)))
+    return max(1, int(resources.get("CPU", 1) // run.worker_cpus))
+
+
+def predictor_pool(run: RunOptions, num_shards: int) -> Any:
+    """The elastic actor pool: from one actor per node (with a CPU, or a GPU with --gpu) up to --workers,
+    or without it one per GPU with --gpu, else one per `worker_cpus` CPUs that the cluster has now.
+    It starts at its largest when the actors also read (`fuses_read`)."""
+    import ray
+
+    kind = "GPU" if run.gpu else "CPU"
+    most = _most_actors(run)
     nodes = sum(1 for node in ray.nodes() if node["Alive"] and node["Resources"].get(kind, 0) > 0)
     # One actor per node (Ray Data spreads them) from the start and at least until the end, so no
     # node sits idle while a replacement actor loads the model; more while blocks queue up.
     least = max(1, min(most, nodes))
-    # Without GPUs the actors also decode (see `pipeline`), so every CPU has work from the start.
-    initial = least if run.gpu else most
+    # Actors that also read leave no CPU to decode tasks: every CPU has an actor's work from the start.
+    initial = most if fuses_read(run, num_shards) else least
     return ray.data.ActorPoolStrategy(min_size=least, max_size=most, initial_size=initial)
 
 

@@ -78,23 +78,26 @@ def test_embedding_table_reads_in_duckdb_and_pandas_without_raeflow(
     assert part.read().column("key").to_pylist() == keys[20:40]  # part 00001-... holds shard 1
 
 
-@pytest.mark.parametrize("gpu", [False, True])
-def test_cpu_jobs_decode_inside_the_predictor_actors(ray_session, tmp_path, conv_bundle, mnist_digits, capsys, gpu):
-    # Without GPUs a separate decode task would only hand its block to an actor on the same cores;
-    # with --gpu, decoding stays in CPU tasks that can run on other (CPU-only) nodes.
+@pytest.mark.parametrize(("gpu", "files", "fused"), [(False, 6, True), (False, 5, False), (True, 6, False)])
+def test_cpu_jobs_of_many_shards_decode_inside_the_predictor_actors(
+    ray_session, tmp_path, conv_bundle, mnist_digits, capsys, gpu, files, fused
+):
+    # On CPUs a separate decode task only hands its block to an actor on the same cores, but an actor
+    # reads a whole shard: it takes 3 shards per actor (2 CPUs: 2 actors) to keep both busy. With
+    # --gpu, decoding stays in CPU tasks that can run on other (CPU-only) nodes.
     digits, labels = mnist_digits
-    write_digit_parquet(str(tmp_path / "in"), digits, labels, files=2, rows=10)
+    write_digit_parquet(str(tmp_path / "in"), digits, labels, files=files, rows=10)
     config = EmbedConfig(
         data=str(tmp_path / "in"), model=conv_bundle, out=str(tmp_path / "emb"), run=RunOptions(gpu=gpu)
     )
     job = embed_job(config)
     pipeline(job, job.source.list_shards()).explain()
     physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
-    if gpu:
+    if fused:
+        assert "ActorPoolMapOperator[ReadParquet->MapBatches(PredictAndWrite)]" in physical
+    else:
         assert "ActorPoolMapOperator[MapBatches(PredictAndWrite)]" in physical
         assert "TaskPoolMapOperator[ReadParquet]" in physical
-    else:
-        assert "ActorPoolMapOperator[ReadParquet->MapBatches(PredictAndWrite)]" in physical
 
 
 def test_rerun_skips_finished_shards_and_refuses_another_model(
