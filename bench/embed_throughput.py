@@ -246,10 +246,11 @@ class RunningRay:
     raeflow joining a Ray that is already up (`--address`), where Ray's start-up is not paid."""
 
     def __enter__(self) -> str:
+        head = {"num_cpus": os.cpu_count(), "include_dashboard": False}
         code = (
             "import sys; from ray.cluster_utils import Cluster; "
-            f"c = Cluster(initialize_head=True, connect=False, head_node_args={{'num_cpus': {os.cpu_count()}, "
-            "'include_dashboard': False}); print(c.address, flush=True); sys.stdin.read(); c.shutdown()"
+            f"c = Cluster(initialize_head=True, connect=False, head_node_args={head!r}); "
+            "print(c.address, flush=True); sys.stdin.read(); c.shutdown()"
         )
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         self.process = subprocess.Popen(
@@ -280,7 +281,9 @@ def embed_rows(args: argparse.Namespace, corpus: Path, bundle: str, work: Path) 
             print(f"  {run['name']}: {run['seconds']:.1f}s, {run['rows']:,} rows ({load_line()})", flush=True)
             runs.append(run)
     with RunningRay() as address:
-        command = raeflow_embed(corpus / "wds", bundle, work / "a", [*args.raeflow_args, "--address", address])
+        command = raeflow_embed(
+            corpus / "wds", bundle, work / "a", [*args.raeflow_args, "--address", address]
+        )
         run = timed("(a) raeflow embed --address, tars", command, work / "a")
     run["rows"] = embedded_rows(work / "a")
     run["images_per_s"] = args.num_images / run["seconds"]

@@ -101,7 +101,9 @@ def noise_sample(image: np.ndarray, max_blocks: int = 4096) -> np.ndarray:
     step = math.ceil(math.sqrt(rows * cols / max_blocks))
     grid = image[: rows * side, : cols * side].reshape(rows, side, cols, side, image.shape[2])
     picked = grid[::step, :, ::step]  # (r, side, c, side, C), r * c <= max_blocks
-    return np.ascontiguousarray(picked).reshape(picked.shape[0] * side, picked.shape[2] * side, image.shape[2])
+    return np.ascontiguousarray(picked).reshape(
+        picked.shape[0] * side, picked.shape[2] * side, image.shape[2]
+    )
 
 
 @register_family("denoiser", "blind residual denoiser (DnCNN/FFDNet line) at half resolution, any size")

@@ -195,7 +195,9 @@ def test_gpu_jobs_run_their_predictors_on_the_gpu_node(
     keys = write_digit_parquet(str(tmp_path / "in"), digits, labels, files=4, rows=30)
     out = str(tmp_path / "emb")
     done = subprocess.run(
-        _cli(two_nodes, "embed", "--data", str(tmp_path / "in"), "--model", conv_bundle, "--out", out, "--gpu"),
+        _cli(
+            two_nodes, "embed", "--data", str(tmp_path / "in"), "--model", conv_bundle, "--out", out, "--gpu"
+        ),
         capture_output=True,
         text=True,
         timeout=600,

@@ -161,7 +161,8 @@ def test_tiled_denoise_matches_one_pass(trained_unet_bundle, photo) -> None:
 
 
 @pytest.mark.parametrize(
-    ("bundle", "channels"), [("builtin:denoise-grey", 1), ("builtin:denoise-rgb", 3), ("builtin:denoise-grey", 3)]
+    ("bundle", "channels"),
+    [("builtin:denoise-grey", 1), ("builtin:denoise-rgb", 3), ("builtin:denoise-grey", 3)],
 )
 def test_a_photo_denoised_in_tiles_is_guarded_as_one_image(bundle, channels) -> None:
     # Slightly noisy (sigma 7, where the noise guard denoises partly): the camera man's flat sky
