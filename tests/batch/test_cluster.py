@@ -1,6 +1,6 @@
 """Batch jobs on a two-node Ray cluster: both nodes write, the driver only keeps the books, and a
-lost node or a killed predictor actor never costs or doubles a key. The cluster is shaped like
-cluster.yaml's: a CPU-only decode node (the head) and a node with a (declared) GPU.
+lost node or a killed predictor actor never costs or doubles a key; and a `--gpu` job on a cluster
+shaped like cluster.yaml's (a CPU-only decode node, a node with a declared GPU).
 
 The cluster (`tests/two_node_cluster.py`) runs in its own process and each job runs as
 `raeflow ... --address` in another, so the test session's shared Ray is left alone.
@@ -34,11 +34,11 @@ pytestmark = pytest.mark.slow
 class TwoNodes:
     """The cluster process: its address, and a way to take its worker node away and back."""
 
-    def __init__(self) -> None:
+    def __init__(self, *options: str) -> None:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         env.pop("RAY_ADDRESS", None)
         self.process = subprocess.Popen(
-            [sys.executable, str(CLUSTER_SCRIPT), "--gpu-worker"],
+            [sys.executable, str(CLUSTER_SCRIPT), *options],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -188,20 +188,17 @@ def test_embed_and_denoise_write_from_both_nodes_and_the_driver_gets_only_record
     assert images.decode_image(denoised.column("image")[0].as_py()).shape == (640, 640, 3)
 
 
-def test_gpu_jobs_run_their_predictors_on_the_gpu_node(
-    two_nodes: TwoNodes, tmp_path: Path, conv_bundle, mnist_digits
-) -> None:
+def test_gpu_jobs_run_their_predictors_on_the_gpu_node(tmp_path: Path, conv_bundle, mnist_digits) -> None:
+    # CPU actors avoid GPU nodes while others have room, so this shape gets a cluster of its own.
     digits, labels = mnist_digits
     keys = write_digit_parquet(str(tmp_path / "in"), digits, labels, files=4, rows=30)
     out = str(tmp_path / "emb")
-    done = subprocess.run(
-        _cli(
-            two_nodes, "embed", "--data", str(tmp_path / "in"), "--model", conv_bundle, "--out", out, "--gpu"
-        ),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    cluster = TwoNodes("--gpu-worker", "--cpus", "1")
+    try:
+        command = _cli(cluster, "embed", "--data", str(tmp_path / "in"), "--model", conv_bundle, "--out", out)
+        done = subprocess.run([*command, "--gpu"], capture_output=True, text=True, timeout=600)
+    finally:
+        cluster.close()
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_exactly_once(out, keys)
     records = _records(out)
@@ -244,7 +241,8 @@ def test_a_killed_predictor_actor_is_replaced(
     two_nodes: TwoNodes, out_root: str, tmp_path: Path, conv_bundle, mnist_digits
 ) -> None:
     digits, labels = mnist_digits
-    keys = write_digit_parquet(str(tmp_path / "in"), digits, labels, files=10, rows=30)
+    # 20 shards for 6 actors (3 CPUs on each node): the actors read their shards themselves.
+    keys = write_digit_parquet(str(tmp_path / "in"), digits, labels, files=20, rows=15)
     job = subprocess.Popen(
         _cli(two_nodes, "embed", "--data", str(tmp_path / "in"), "--model", conv_bundle, "--out", out_root),
         stdout=subprocess.PIPE,
@@ -265,7 +263,8 @@ def test_a_worker_node_lost_mid_job(
     two_nodes: TwoNodes, out_root: str, tmp_path: Path, conv_bundle, mnist_digits
 ) -> None:
     digits, labels = mnist_digits
-    keys = write_digit_parquet(str(tmp_path / "in"), digits, labels, files=10, rows=30)
+    # 20 shards for 6 actors (3 CPUs on each node): the actors read their shards themselves.
+    keys = write_digit_parquet(str(tmp_path / "in"), digits, labels, files=20, rows=15)
     command = _cli(
         two_nodes, "embed", "--data", str(tmp_path / "in"), "--model", conv_bundle, "--out", out_root
     )
