@@ -14,6 +14,8 @@ start-up, writing included), outputs counted:
 - (a) `raeflow embed --data ... --model ... --out ...`, the CLI, on tars and on the folder;
 - (b) `bench/handwritten.py dataloader`: DataLoader(num_workers=2), PIL decode + resize, pyarrow;
 - (c) `bench/handwritten.py raydata`: read_webdataset/read_images -> map_batches -> write_parquet;
+- (a) once more on the tars with `--address`, joining a one-node Ray started beforehand in a
+  process of its own (Ray's start-up not paid; its CPU time is not counted);
 - (d) limits: the model's forward pass alone on decoded 64x64 tensors (one process per core),
   and decode + resize alone (`decode_fitted`, one process per core; PIL's plain
   open/convert/resize beside it); their pipeline limit is 1 / (1/model + 1/decode), as both share

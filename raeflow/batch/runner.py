@@ -202,7 +202,6 @@ def pipeline(job: BatchJob, pending: list[Shard]) -> Any:
     """
     from raeflow.data.dataset import read_dataset
 
-    pool = predictor_pool(job.run, len(pending))
     fused = fuses_read(job.run, len(pending))
     read_args: dict[str, Any] = dict(PLACEMENT)
     if fused:  # Ray Data fuses a read into the next operator when their resource requests match
@@ -227,7 +226,7 @@ def pipeline(job: BatchJob, pending: list[Shard]) -> Any:
             "out": job.out.uri,
             "batch_size": job.run.batch_size,
         },
-        compute=pool,
+        compute=predictor_pool(job.run, fused=fused),
         # One block per call (rows of one shard, sliced to batch_size for the model); Ray Data wants
         # a number of rows when actors hold GPUs: a block's worth, so parts stay as large.
         batch_size=rows_per_block(job) if job.run.gpu else None,
@@ -266,10 +265,10 @@ def _most_actors(run: RunOptions) -> int:
     return max(1, int(resources.get("CPU", 1) // run.worker_cpus))
 
 
-def predictor_pool(run: RunOptions, num_shards: int) -> Any:
+def predictor_pool(run: RunOptions, *, fused: bool) -> Any:
     """The elastic actor pool: from one actor per node (with a CPU, or a GPU with --gpu) up to --workers,
     or without it one per GPU with --gpu, else one per `worker_cpus` CPUs that the cluster has now.
-    It starts at its largest when the actors also read (`fuses_read`)."""
+    It starts at its largest when the actors also read (`fused`, see `fuses_read`)."""
     import ray
 
     kind = "GPU" if run.gpu else "CPU"
@@ -279,7 +278,7 @@ def predictor_pool(run: RunOptions, num_shards: int) -> Any:
     # node sits idle while a replacement actor loads the model; more while blocks queue up.
     least = max(1, min(most, nodes))
     # Actors that also read leave no CPU to decode tasks: every CPU has an actor's work from the start.
-    initial = most if fuses_read(run, num_shards) else least
+    initial = most if fused else least
     return ray.data.ActorPoolStrategy(min_size=least, max_size=most, initial_size=initial)
 
 
