@@ -142,9 +142,9 @@ class ResidualDenoiser(Autoencoder):
         if colour_space not in ("rgb", "opponent") or (colour_space == "opponent" and in_channels != 3):
             raise ConfigError("denoiser colour_space is rgb, or opponent for 3 channels")
         self.colour_space = colour_space
-        self._pinned: torch.Tensor | None = None  # noise levels set by `pinned_noise`
         """`opponent`: denoise brightness and two colour differences instead of R, G, B (as CBM3D does):
         the colour differences are smooth, and Gaussian noise stays Gaussian of the same level in them."""
+        self._pinned: torch.Tensor | None = None  # noise levels set by `pinned_noise`
         self.register_buffer("to_opponent", OPPONENT.clone(), persistent=False)
         net_channels = 1 if per_channel else in_channels
         folded = net_channels * FOLD * FOLD
@@ -175,16 +175,20 @@ class ResidualDenoiser(Autoencoder):
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")  # (B, C, H + pad_h, W + pad_w)
         return x
 
-    def _features(self, x: torch.Tensor, *, fold_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Folded padded input `(B', 4C', H/2, W/2)` and the last hidden features `(B', channels, H/2, W/2)`
-        (not computed, the folded input again, with `fold_only`); per channel, B' = B * C and C' = 1."""
+    def _fold(self, x: torch.Tensor) -> torch.Tensor:
+        """The padded input in the network's colours, folded: `(B', 4C', H/2, W/2)`; per channel,
+        B' = B * C and C' = 1."""
         x = self._pad(x)
         if self.colour_space == "opponent":  # (B, 3, H, W) RGB -> brightness, two colour differences
             x = torch.einsum("oc,bchw->bohw", self.to_opponent, x) + OPPONENT_OFFSET.to(x)[:, None, None]
         if self.per_channel:
             x = x.reshape(-1, 1, *x.shape[-2:])  # (B * C, 1, H, W)
-        folded = F.pixel_unshuffle(x, FOLD)
-        return folded, folded if fold_only else self.body(folded)
+        return F.pixel_unshuffle(x, FOLD)
+
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The folded input (`_fold`) and the last hidden features `(B', channels, H/2, W/2)`."""
+        folded = self._fold(x)
+        return folded, self.body(folded)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         folded, features = self._features(x)
@@ -204,7 +208,7 @@ class ResidualDenoiser(Autoencoder):
         `x` is the whole image, or a sample of its `GUARD_BLOCK x 2`-pixel blocks (`noise_sample`).
         """
         with torch.no_grad():
-            folded = self._features(x, fold_only=True)[0]
+            folded = self._fold(x)
             self._pinned = estimate_noise(folded, folded.shape[1] // (FOLD * FOLD))  # (B0',)
         try:
             yield
