@@ -8,7 +8,11 @@ user mistakes (`RaeflowError`) into a one-line error with exit code 2.
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
+import threading
+from typing import NoReturn
 
 import click
 
@@ -96,5 +100,38 @@ def _register() -> None:
 
 _register()
 
+
+def entry() -> NoReturn:
+    """The `raeflow` program: `main`, then an exit that skips freeing the imported modules.
+
+    Once a command has returned (its files closed, its summary printed), the exit handlers run as at
+    any exit: Ray's shutdown, log handlers, temporary files. Only the interpreter's teardown of its
+    modules is skipped (`os._exit`): with torch and Ray loaded it took 1.2 s after every command.
+    A crash (any exception but `SystemExit`) exits the usual way, traceback included.
+    """
+    try:
+        main()
+    except SystemExit as done:
+        _exit_now(done.code)
+    _exit_now(0)
+
+
+def _exit_now(code: object) -> NoReturn:
+    """Exit with `code` (what `sys.exit` takes) after doing what the interpreter does at exit."""
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    status = 0 if code is None else code if isinstance(code, int) else 1
+    for thread in threading.enumerate():  # the interpreter waits for non-daemon threads too
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized() and not console.is_verbose():
+        ray.shutdown()  # Ray's own exit handler first sleeps 0.5 s for late lines, which go to its logs here
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

@@ -1,4 +1,5 @@
-"""The core never imports Ray: models, decoding, noise, sources, report metrics, predictors, plain loop."""
+"""The core never imports Ray (models, decoding, noise, sources, report metrics, predictors, plain
+loop), and the CLI starts without importing torch or Ray."""
 
 from __future__ import annotations
 
@@ -51,3 +52,15 @@ def test_core_modules_load_without_ray() -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "RAY:", done.stdout
+
+
+def test_the_cli_starts_without_torch_or_ray() -> None:
+    # `raeflow --help`, `submit`, `status`, ... answer at once; commands import the heavy parts they use.
+    probe = (
+        "import sys; from raeflow.cli import main; "
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray', 'torchvision'}); "
+        "print('HEAVY:' + ','.join(heavy))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY:", done.stdout

@@ -17,10 +17,12 @@ or stuck sensor pixel looks. Every noise model returns a new tensor and leaves i
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from raeflow.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where noise is made: parsing a spec (the CLI) needs no torch
+    import torch
 
 VALID_FORMS = (
     "none, gaussian:STD[:unclipped] (0 < STD <= 1), saltpepper:FRACTION, mask:FRACTION (0 < FRACTION <= 1); "
@@ -44,12 +46,16 @@ class Noise:
 
 def _pixel_mask(x: torch.Tensor, fraction: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """A boolean `(B, 1, H, W)` mask that selects each pixel with probability `fraction` (per image)."""
+    import torch
+
     b, _, h, w = x.shape
     return torch.rand((b, 1, h, w), generator=generator, device=x.device) < fraction
 
 
 def _amounts(low: float, high: float, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """One amount per image, `(B, 1, 1, 1)`: `high` when fixed, uniform in [low, high] for a range."""
+    import torch
+
     if low == high:
         return torch.full((x.shape[0], 1, 1, 1), high, device=x.device, dtype=x.dtype)
     u = torch.rand((x.shape[0], 1, 1, 1), generator=generator, device=x.device, dtype=x.dtype)
@@ -78,6 +84,8 @@ class GaussianNoise(Noise):
         return f"gaussian:{_amount_spec(low, self.std)}" + ("" if self.clip else ":unclipped")
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        import torch
+
         std = _amounts(self.std if self.low is None else self.low, self.std, x, generator)  # (B, 1, 1, 1)
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         noisy = x + std * noise
@@ -101,6 +109,8 @@ class SaltPepperNoise(Noise):
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         fraction = _amounts(self.fraction if self.low is None else self.low, self.fraction, x, generator)
+        import torch
+
         hit = _pixel_mask(x, fraction, generator)  # (B, 1, H, W)
         white = _pixel_mask(x, torch.tensor(0.5), generator)  # salt or pepper, per pixel
         value = white.to(x.dtype).expand_as(x)
