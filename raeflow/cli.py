@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import click
 
-from raeflow import __version__, console
+from raeflow import __version__, connection, console
 from raeflow.errors import RaeflowError
 
 
@@ -109,6 +109,7 @@ def entry() -> NoReturn:
     modules is skipped (`os._exit`): with torch and Ray loaded it took 1.2 s after every command.
     A crash (any exception but `SystemExit`) exits the usual way, traceback included.
     """
+    connection.EARLY_START = True  # a command may start its private Ray while it loads (not in tests)
     try:
         main()
     except SystemExit as done:

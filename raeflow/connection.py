@@ -13,9 +13,11 @@ the session's log folder unless the console is verbose (`raeflow.console`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -46,6 +48,82 @@ def resolve_address(address: str | None) -> str | None:
     return None if address in ("", "local") else address
 
 
+class _EarlyStart:
+    """A private local Ray being started in a background thread (`start_local_early`).
+
+    The thread stays alive until the process ends: Ray ties the life of the processes it starts
+    (GCS, raylet) to the thread that started them, so a thread that returned would take them along.
+    """
+
+    def __init__(self, num_cpus: int | None, verbose: bool) -> None:
+        self.error: BaseException | None = None
+        self.ready = threading.Event()
+        self.native = None if verbose else _NativeStderr.to_temp_file()
+        atexit.register(self.stop)  # also when the command ends before it needed Ray
+        self.thread = threading.Thread(
+            target=self._run, args=(num_cpus, verbose), name="raeflow-start-ray", daemon=True
+        )
+        self.thread.start()
+
+    def _run(self, num_cpus: int | None, verbose: bool) -> None:
+        try:
+            _start_and_route(None, num_cpus, verbose, self.native, None)
+        except BaseException as err:  # noqa: BLE001 - handed to connect_ray in the main thread
+            self.error = err
+        finally:
+            self.ready.set()
+        threading.Event().wait()  # hold Ray's processes until the process exits
+
+    def wait(self) -> None:
+        """Wait until Ray is up; raise what stopped it from starting."""
+        self.ready.wait()
+        if self.error is not None:
+            raise self.error
+
+    def stop(self) -> None:
+        """At exit: let a start in progress finish, then shut Ray down (no orphaned GCS or raylet)."""
+        self.ready.wait()
+        if self.error is None:
+            import ray
+
+            ray.shutdown()
+
+
+_EARLY: _EarlyStart | None = None
+EARLY_START = False
+"""Whether `start_local_early` may start Ray: set by the `raeflow` program (`raeflow.cli.entry`)."""
+
+
+def _quiet_ray_displays(verbose: bool) -> None:
+    """Keep Ray's own progress displays off unless verbose (a private Ray's workers inherit this)."""
+    if not verbose:
+        for name, value in _QUIET_RAY_ENV.items():
+            os.environ.setdefault(name, value)
+
+
+def start_local_early(
+    address: str | None, *, num_cpus: int | None = None, verbose: bool | None = None
+) -> None:
+    """Begin starting this command's private local Ray in the background; `connect_ray` waits for it.
+
+    Ray's start (about 4 s) then overlaps the command's own loading (torch, the model, the listing).
+    Only for the `raeflow` program (`raeflow.cli.entry`), only when no cluster is to be joined, and
+    only when Ray is not up in this process: a command called inside another program starts nothing
+    it was not asked for.
+    """
+    global _EARLY
+    if not EARLY_START or _EARLY is not None or resolve_address(address) is not None:
+        return
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        return
+    verbose = console.is_verbose() if verbose is None else verbose
+    _quiet_ray_displays(verbose)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        # What ray.init does in the main thread: SIGTERM exits through the exit handlers (Ray's shutdown).
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    _EARLY = _EarlyStart(num_cpus, verbose)
+
+
 def connect_ray(
     address: str | None = None,
     *,
@@ -60,37 +138,48 @@ def connect_ray(
     they stay in Ray's log folder (`ray_log_dir()`). Raises `ClusterError` when the cluster at
     `address` cannot be reached within `timeout_s` (default `CONNECT_TIMEOUT_S`).
     """
+    if _EARLY is not None:
+        _EARLY.wait()
     import ray
 
     if ray.is_initialized():
         return
     verbose = console.is_verbose() if verbose is None else verbose
     target = resolve_address(address)
-    host_port = _gcs_host_port(target) if target else None  # refuses malformed addresses first
-    if not verbose:
-        for name, value in _QUIET_RAY_ENV.items():
-            os.environ.setdefault(name, value)
-    import ray.data  # noqa: F401 - sets up Ray Data's loggers, which are routed next
+    _quiet_ray_displays(verbose)
+    native = None if verbose else _NativeStderr.to_temp_file()
+    _start_and_route(target, num_cpus, verbose, native, timeout_s)
+
+
+def _start_and_route(
+    target: str | None,
+    num_cpus: int | None,
+    verbose: bool,
+    native: _NativeStderr | None,
+    timeout_s: float | None,
+) -> None:
+    """Start a private Ray (`target` None) or join `target`; then keep Ray's lines off the console."""
+    import ray.data  # sets up Ray Data's loggers, which are routed next
 
     _route_ray_logs(verbose)
-    pending = None if verbose else _NativeStderr.to_temp_file()
     try:
         if target is None:
             _start_local(num_cpus, verbose=verbose)
         else:
+            host_port = _gcs_host_port(target)
             if host_port is not None:
                 _probe(target, *host_port)
             if timeout_s is None:
                 timeout_s = float(os.environ.get("RAEFLOW_CONNECT_TIMEOUT_S", CONNECT_TIMEOUT_S))
             _join(target, verbose=verbose, timeout_s=timeout_s)
     except BaseException:
-        if pending is not None:
-            pending.discard()
+        if native is not None:
+            native.discard()
         raise
     ray.data.DataContext.get_current().enable_progress_bars = False  # raeflow.progress shows progress
     _route_ray_logs(verbose)  # ray.init may have added handlers of its own
-    if pending is not None:
-        _keep_ray_lines_in_log_folder(pending)
+    if native is not None:
+        _keep_ray_lines_in_log_folder(native)
 
 
 def check_reachable(address: str | None) -> None:

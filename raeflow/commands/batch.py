@@ -16,8 +16,9 @@ import click
 
 from raeflow import console
 from raeflow.batch.config import OUTPUT_FORMATS, DenoiseConfig, EmbedConfig
+from raeflow.batch.manifest import SUCCESS_FILE
 from raeflow.commands.options import OptionSpec, console_options, settings_from, settings_options
-from raeflow.connection import check_reachable
+from raeflow.connection import check_reachable, start_local_early
 from raeflow.errors import ConfigError
 
 RUN_SKIP = ("quiet", "verbose")
@@ -46,6 +47,43 @@ def check_out_folder(out: str) -> None:
         raise ConfigError(f"--out {out} is a file; --out names a folder (it is created when missing)")
 
 
+def start_ray_while_loading(
+    address: str | None,
+    *inputs: str,
+    finished: str | None = None,
+    num_cpus: int | None = None,
+    verbose: bool | None = None,
+) -> None:
+    """Start the command's private Ray in the background while it loads torch, the model and the data.
+
+    Not when one of `inputs` (--data, --model) is a local path that does not exist: the command says
+    so within 2 s, and a Ray that was starting would only delay its exit. Not either when the local
+    file `finished` (the --out folder's `_SUCCESS`) exists: a rerun of a finished job needs no Ray.
+    """
+    for path in inputs:
+        local = _local_path(path)
+        if local is not None and not os.path.exists(local):
+            return
+    done = _local_path(finished) if finished else None
+    if done is not None and os.path.exists(done):
+        return
+    start_local_early(address, num_cpus=num_cpus, verbose=verbose)
+
+
+def _local_path(uri: str) -> str | None:
+    """The local path `uri` names, or None for a bucket, a builtin source or another URL."""
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return None if ":" in path.split("/", 1)[0] else path
+
+
+def start_ray(config: Any) -> None:
+    """`start_ray_while_loading` for a batch job's settings."""
+    finished = os.path.join(config.out, SUCCESS_FILE) if _local_path(config.out) is not None else None
+    start_ray_while_loading(
+        config.run.address, config.data, config.model, finished=finished, verbose=config.run.verbose
+    )
+
+
 def prepare(config: Any) -> Any:
     """Validate a batch job's settings before Ray starts; the console level decides `run.quiet`."""
     config.run.quiet = console.is_quiet()
@@ -71,9 +109,10 @@ def embed(**options: Any) -> None:
     label where the source has labels), _manifest/, _rejected/ and _SUCCESS under --out.
     Rerunning the same command resumes: finished shards are skipped.
     """
+    config = prepare(settings_from(EmbedConfig, options))
+    start_ray(config)
     from raeflow.batch.embed import run_embed
 
-    config = prepare(settings_from(EmbedConfig, options))
     print_summary(run_embed(config).lines())
 
 
@@ -92,9 +131,10 @@ def denoise(**options: Any) -> None:
     columns; other sources give a folder of <key>.png. Also writes _manifest/, _rejected/ and
     _SUCCESS; rerunning the same command resumes.
     """
+    config = prepare(settings_from(DenoiseConfig, options))
+    start_ray(config)
     from raeflow.batch.denoise import run_denoise
 
-    config = prepare(settings_from(DenoiseConfig, options))
     print_summary(run_denoise(config).lines())
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from raeflow.commands.batch import BATCH_SPECS, RUN_SKIP, prepare, print_summary
+from raeflow.commands.batch import BATCH_SPECS, RUN_SKIP, prepare, print_summary, start_ray
 from raeflow.commands.options import OptionSpec, console_options, settings_from, settings_options
 from raeflow.errors import ConfigError
 from raeflow.report.config import ReportConfig
@@ -51,10 +51,11 @@ def report(**options: Any) -> None:
     counts, model, data, timings), figures/*.png and report.html (self-contained, opens offline),
     plus _manifest/, _rejected/ and _SUCCESS. Rerunning the same command resumes.
     """
-    from raeflow.report.job import run_report
-
     config = prepare(settings_from(ReportConfig, options))
     check_map(config)
+    start_ray(config)
+    from raeflow.report.job import run_report
+
     result = run_report(config)
     print_summary(result.lines())
 

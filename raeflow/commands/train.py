@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 
-from raeflow.commands.batch import check_out_folder
+from raeflow.commands.batch import check_out_folder, start_ray_while_loading
 from raeflow.commands.options import OptionSpec, console_options, settings_from, settings_options
 from raeflow.connection import check_reachable
 from raeflow.train.config import PLACEMENTS, TrainConfig, parse_model_args, parse_steps
@@ -55,11 +55,12 @@ def train_command(**options) -> None:
 
     Rerunning the same command into the same --out continues from its latest checkpoint.
     """
-    from raeflow.train.trainer import run_training
-
     config = settings_from(TrainConfig, options).validate()
     check_out_folder(config.out)
     check_reachable(config.address)
+    start_ray_while_loading(config.address, config.data, num_cpus=config.local_cpus())
+    from raeflow.train.trainer import run_training
+
     summary = run_training(config, echo=click.echo)
     last = summary.last
     started = f" (continued after epoch {summary.resumed_from})" if summary.resumed_from else ""

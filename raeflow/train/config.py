@@ -7,6 +7,7 @@ A `TrainConfig` is plain data (JSON-serialisable through `to_dict`), validated i
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,10 @@ class TrainConfig:
     def model_name(self) -> str:
         """The name `create_model` receives: the preset if one was given, else the family."""
         return self.preset or self.model
+
+    def local_cpus(self) -> int:
+        """CPUs of a private local Ray: each worker holds one, and at least two stay for the decode tasks."""
+        return max(os.cpu_count() or 1, self.workers + 2)
 
     def validate(self) -> TrainConfig:
         """Raise `ConfigError` for values that cannot work; return self so calls chain."""

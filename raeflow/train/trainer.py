@@ -202,8 +202,7 @@ def _connect(config: TrainConfig) -> None:
 
     `num_cpus` only sizes a private local Ray: a cluster that is joined keeps its own resources.
     """
-    # Each worker holds one CPU; leave at least two for the Ray Data decode tasks.
-    connect_ray(config.address, num_cpus=max(os.cpu_count() or 1, config.workers + 2))
+    connect_ray(config.address, num_cpus=config.local_cpus())
     if config.gpu:
         require_gpus(config.workers)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -106,6 +107,74 @@ def test_verbose_shows_rays_lines(bundle: str, tmp_path: Path) -> None:
     done = subprocess.run([*args, "--verbose"], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert ray_lines(done.stderr), done.stderr[-3000:]
+
+
+def _ray_nodes() -> set[int]:
+    """Processes of Ray's node binaries (GCS servers, raylets) on this machine."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            program = (entry / "cmdline").read_bytes().split(b"\0")[0] if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        if program.endswith((b"/gcs_server", b"/raylet")):
+            found.add(int(entry.name))
+    return found
+
+
+def _left_behind(before: set[int], pid: int) -> list[str]:
+    """Ray node processes started since `before` still running, and temporary files of process `pid`."""
+    deadline = time.monotonic() + 20  # a node that is being stopped may take a moment to go
+    while _ray_nodes() - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    nodes = [f"ray node {p}" for p in sorted(_ray_nodes() - before)]
+    return nodes + sorted(str(p) for p in Path(tempfile.gettempdir()).glob(f"raeflow-{pid}-*"))
+
+
+def test_commands_leave_no_ray_and_no_temp_files_after_success_mistakes_and_sigterm(
+    bundle: str, tmp_path: Path
+) -> None:
+    # A command starts its private Ray while it loads; whatever happens next, that Ray goes with it.
+    before = _ray_nodes()
+    embed = raeflow("embed", "--data", "builtin:digits", "--model", bundle, "--quiet")
+    done = subprocess.Popen([*embed, "--out", str(tmp_path / "emb")], stdout=subprocess.PIPE, text=True)
+    out, _ = done.communicate(timeout=900)
+    assert done.returncode == 0 and "1,797 images in" in out
+    assert _left_behind(before, done.pid) == []
+
+    # A damaged bundle is found after Ray began to start: one line, exit 2, nothing left.
+    damaged = tmp_path / "damaged"
+    shutil.copytree(bundle, damaged)
+    (damaged / "bundle.json").write_text("{")
+    mistake = subprocess.Popen(
+        [
+            *raeflow("denoise", "--data", "builtin:digits", "--model", str(damaged)),
+            "--out",
+            str(tmp_path / "dn"),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _, err = mistake.communicate(timeout=300)
+    assert mistake.returncode == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "dn").exists()
+    assert _left_behind(before, mistake.pid) == []
+
+    # SIGTERM while the job runs: the command stops its Ray on the way out.
+    job = subprocess.Popen(
+        [*raeflow("report", "--data", "builtin:digits", "--model", bundle), "--out", str(tmp_path / "rep")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while (
+        not (tmp_path / "rep" / "_manifest").exists() and job.poll() is None and time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+    assert job.poll() is None, "the report finished before it could be stopped"
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=120) != 0
+    assert _left_behind(before, job.pid) == []
 
 
 def free_port() -> int:
