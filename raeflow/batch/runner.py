@@ -248,10 +248,20 @@ def rows_per_block(job: BatchJob) -> int:
 
 def fuses_read(run: RunOptions, num_shards: int) -> bool:
     """Whether the job reads inside its predictor actors: on CPUs, with at least
-    `FUSED_SHARDS_PER_ACTOR` shards per actor of the pool (one actor reads a whole shard)."""
+    `FUSED_SHARDS_PER_ACTOR` shards per actor of the pool (one actor reads a whole shard), or
+    whenever an actor (`--worker-cpus`) leaves no whole CPU beside it on any node: a separate read
+    task could then never start, and the job would wait for ever."""
     if run.gpu:
         return False
+    if run.worker_cpus > _largest_node_cpus() - 1:
+        return True
     return num_shards >= FUSED_SHARDS_PER_ACTOR * _most_actors(run)
+
+
+def _largest_node_cpus() -> float:
+    import ray
+
+    return max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node["Alive"]), default=0.0)
 
 
 def _most_actors(run: RunOptions) -> int:

@@ -100,6 +100,20 @@ def test_cpu_jobs_of_many_shards_decode_inside_the_predictor_actors(
         assert "TaskPoolMapOperator[ReadParquet]" in physical
 
 
+@pytest.mark.timeout(300)
+def test_actors_that_take_a_whole_node_read_their_own_shards(
+    ray_session, tmp_path, conv_bundle, mnist_digits
+) -> None:
+    # --worker-cpus 2 on 2 CPUs: a separate read task would never get a CPU beside the actor.
+    digits, labels = mnist_digits
+    keys = write_digit_parquet(str(tmp_path / "in"), digits, labels, files=1, rows=12)
+    run = RunOptions(worker_cpus=2, quiet=True)
+    out = str(tmp_path / "emb")
+    summary = run_embed(EmbedConfig(data=str(tmp_path / "in"), model=conv_bundle, out=out, run=run))
+    assert summary.images_out == 12
+    assert pq.read_table(tmp_path / "emb" / "part-00000-000000.parquet").column("key").to_pylist() == keys
+
+
 def test_rerun_skips_finished_shards_and_refuses_another_model(
     ray_session, tmp_path, conv_bundle, vae_bundle, mnist_digits
 ):
