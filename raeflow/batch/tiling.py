@@ -8,6 +8,7 @@ fade into each other instead of meeting at a visible seam.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -35,6 +36,21 @@ def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     starts = list(range(0, size - tile, step))
     starts.append(size - tile)  # the last tile ends exactly at the border
     return starts
+
+
+def fitted_tile(size: int, tile: int, overlap: int, multiple: int = 1) -> int:
+    """The side of the fewest tiles of at most `tile` pixels that cover `size` pixels with neighbours
+    sharing `overlap`, made as even as possible (a multiple of `multiple`; `size` and `tile` are).
+
+    Square tiles of the largest side waste work on an image a little larger than one tile: a
+    1,382 x 1,036 photo in 1,024-pixel tiles took four tiles of 1,024 x 1,024 (2.9 times its
+    pixels); fitted, its four tiles are 712 x 536 (1.07 times).
+    """
+    if size <= tile:
+        return size
+    count = math.ceil((size - overlap) / (tile - overlap))
+    side = math.ceil((size + (count - 1) * overlap) / count)
+    return min(tile, side + -side % multiple)
 
 
 def blend_window(tile_h: int, tile_w: int, overlap: int) -> torch.Tensor:
@@ -66,7 +82,7 @@ def tiled_apply_uint8(
         padded = np.pad(image, ((0, -full_h % multiple), (0, -full_w % multiple), (0, 0)), mode="edge")
     height, width = padded.shape[:2]
     tile = max(multiple, tile - tile % multiple)
-    tile_h, tile_w = min(tile, height), min(tile, width)
+    tile_h, tile_w = fitted_tile(height, tile, overlap, multiple), fitted_tile(width, tile, overlap, multiple)
     tops, lefts = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
     window = blend_window(tile_h, tile_w, overlap)  # (th, tw)
     total = torch.zeros((channels, tile_h, width), dtype=torch.float32)  # rows anchor .. anchor + th

@@ -147,6 +147,21 @@ def test_tiles_blend_back_to_the_exact_image() -> None:
     np.testing.assert_array_equal(y, x)
 
 
+@pytest.mark.parametrize("shape", [(1382, 1036), (1040, 1040), (2000, 3000)])
+def test_tiles_stay_within_the_tile_size_and_add_little_work(shape) -> None:
+    # A photo a little larger than one tile once cost four full tiles (2.9 times its pixels).
+    seen: list[tuple[int, int]] = []
+
+    def model(x):
+        seen.extend([tuple(x.shape[-2:])] * x.shape[0])
+        return x
+
+    image = np.zeros((*shape, 3), dtype=np.uint8)
+    tiled_apply_uint8(model, image, tile=1024, overlap=32, multiple=16)
+    assert all(h <= 1024 and w <= 1024 and h % 16 == 0 == w % 16 for h, w in seen), seen
+    assert sum(h * w for h, w in seen) < 1.25 * shape[0] * shape[1], seen
+
+
 def test_tiled_denoise_matches_one_pass(trained_unet_bundle, photo) -> None:
     image = np.ascontiguousarray(photo[100:300, 120:340])  # 200x220: several 96-pixel tiles
     whole = DenoisePredictor(trained_unet_bundle).denoise(image).astype(float)
