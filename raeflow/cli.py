@@ -128,7 +128,7 @@ def _exit_now(code: object) -> NoReturn:
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized() and not console.is_verbose():
         ray.shutdown()  # Ray's own exit handler first sleeps 0.5 s for late lines, which go to its logs here
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()  # CPython's own exit handlers, run as the interpreter would
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)

@@ -16,6 +16,7 @@ import click
 
 from raeflow import console
 from raeflow.batch.config import OUTPUT_FORMATS, DenoiseConfig, EmbedConfig
+from raeflow.batch.location import resolved_uri
 from raeflow.batch.manifest import SUCCESS_FILE
 from raeflow.commands.options import OptionSpec, console_options, settings_from, settings_options
 from raeflow.connection import check_reachable, start_local_early
@@ -40,17 +41,15 @@ BATCH_SPECS: dict[str, OptionSpec] = {
 
 def check_out_folder(out: str) -> None:
     """Refuse an --out that names an existing local file (outputs are a folder)."""
-    if "://" in out and not out.startswith("file://"):
-        return
-    path = out[len("file://") :] if out.startswith("file://") else out
-    if os.path.exists(path) and not os.path.isdir(path):
+    path = _local_path(out)
+    if path is not None and os.path.exists(path) and not os.path.isdir(path):
         raise ConfigError(f"--out {out} is a file; --out names a folder (it is created when missing)")
 
 
 def start_ray_while_loading(
     address: str | None,
     *inputs: str,
-    finished: str | None = None,
+    out: str | None = None,
     num_cpus: int | None = None,
     verbose: bool | None = None,
 ) -> None:
@@ -58,29 +57,28 @@ def start_ray_while_loading(
 
     Not when one of `inputs` (--data, --model) is a local path that does not exist: the command says
     so within 2 s, and a Ray that was starting would only delay its exit. Not either when the local
-    file `finished` (the --out folder's `_SUCCESS`) exists: a rerun of a finished job needs no Ray.
+    folder `out` already holds `_SUCCESS`: a rerun of a finished batch job needs no Ray.
     """
-    for path in inputs:
-        local = _local_path(path)
-        if local is not None and not os.path.exists(local):
+    for uri in inputs:
+        path = _local_path(uri)
+        if path is not None and not os.path.exists(path):
             return
-    done = _local_path(finished) if finished else None
-    if done is not None and os.path.exists(done):
+    folder = _local_path(out) if out else None
+    if folder is not None and os.path.exists(os.path.join(folder, SUCCESS_FILE)):
         return
     start_local_early(address, num_cpus=num_cpus, verbose=verbose)
 
 
 def _local_path(uri: str) -> str | None:
-    """The local path `uri` names, or None for a bucket, a builtin source or another URL."""
-    path = uri[len("file://") :] if uri.startswith("file://") else uri
-    return None if ":" in path.split("/", 1)[0] else path
+    """The local path `uri` names (`resolved_uri`), or None for a bucket, a builtin source or a URL."""
+    path = resolved_uri(uri)
+    return None if path.startswith("builtin:") or "://" in path else path
 
 
 def start_ray(config: Any) -> None:
     """`start_ray_while_loading` for a batch job's settings."""
-    finished = os.path.join(config.out, SUCCESS_FILE) if _local_path(config.out) is not None else None
     start_ray_while_loading(
-        config.run.address, config.data, config.model, finished=finished, verbose=config.run.verbose
+        config.run.address, config.data, config.model, out=config.out, verbose=config.run.verbose
     )
 
 

@@ -108,9 +108,9 @@ class SaltPepperNoise(Noise):
         return f"saltpepper:{_amount_spec(low, self.fraction)}"
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        fraction = _amounts(self.fraction if self.low is None else self.low, self.fraction, x, generator)
         import torch
 
+        fraction = _amounts(self.fraction if self.low is None else self.low, self.fraction, x, generator)
         hit = _pixel_mask(x, fraction, generator)  # (B, 1, H, W)
         white = _pixel_mask(x, torch.tensor(0.5), generator)  # salt or pepper, per pixel
         value = white.to(x.dtype).expand_as(x)
