@@ -59,9 +59,11 @@ def train_command(**options) -> None:
     check_out_folder(config.out)
     check_reachable(config.address)
     start_ray_while_loading(config.address, config.data, num_cpus=config.local_cpus())
+    from raeflow.train.rejected import collect_rejected
     from raeflow.train.trainer import run_training
 
     summary = run_training(config, echo=click.echo)
+    rejected = collect_rejected(config.out)  # merges what the decode tasks listed, each image once
     last = summary.last
     started = f" (continued after epoch {summary.resumed_from})" if summary.resumed_from else ""
     click.echo(f"done: {summary.epochs} epochs{started}, {summary.seconds:.1f} s")
@@ -73,6 +75,8 @@ def train_command(**options) -> None:
         )
     out = config.out.rstrip("/")
     click.echo(f"  metrics: {out}/metrics.jsonl  grids: {out}/grids/  checkpoints: {out}/checkpoints/")
+    if rejected.line():
+        click.echo(rejected.line())
     click.echo(f"model bundle: {summary.bundle}")
     if summary.warning:
         click.echo(summary.warning)

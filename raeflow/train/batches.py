@@ -25,6 +25,7 @@ import pyarrow as pa
 
 from raeflow.data.images import ImageRejected, decode_fitted, decode_image
 from raeflow.train.config import TrainConfig
+from raeflow.train.rejected import write_rejected_piece
 
 SPLITS = ("train", "val")
 """The two splits a run reads."""
@@ -77,7 +78,8 @@ class DecodeForTraining:
     """Decode one table of source rows into a batch of fixed-size images for one split.
 
     Rows of the other split, rows a source could not read and images that cannot be decoded are
-    dropped (training skips bad images instead of failing on them).
+    dropped (training skips bad images instead of failing on them); with `rejected_out` (the run's
+    `--out`) the bad images of this split are listed in its `_rejected/` (see `rejected.py`).
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class DecodeForTraining:
         patches: int = 1,
         augment: bool = False,
         seed: int | None = None,
+        rejected_out: str | None = None,
     ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
@@ -106,6 +109,8 @@ class DecodeForTraining:
         self.augment = augment and split == "train"
         self.seed = seed
         """Seed of the training patches (None: fresh randomness, different in every epoch)."""
+        self.rejected_out = rejected_out
+        """Output URI whose `_rejected/` lists the images this split could not use (None: not listed)."""
 
     def _pixels(self, key: str, data: bytes) -> list[np.ndarray]:
         """The `(C, H, W)` arrays one image contributes: itself resized, or its patches."""
@@ -130,15 +135,26 @@ class DecodeForTraining:
         want_val = self.split == "val"
         images: list[np.ndarray] = []
         kept_labels: list[int] = []
-        for key, data, label, error in zip(keys, datas, labels, errors, strict=True):
-            if error is not None or not data or is_validation(key, self.val_fraction) != want_val:
+        rejected: list[tuple[int, str]] = []  # (row, reason): empty unless a bad image turns up
+        for row, (key, data, label, error) in enumerate(zip(keys, datas, labels, errors, strict=True)):
+            if is_validation(key, self.val_fraction) != want_val:
+                continue
+            if error is not None or not data:
+                rejected.append((row, error or "empty: no bytes"))
                 continue
             try:
                 arrays = self._pixels(key, data)  # each (C, H, W) uint8
-            except ImageRejected:
+            except ImageRejected as exc:
+                rejected.append((row, str(exc)))
                 continue
             images.extend(arrays)
             kept_labels.extend([-1 if label is None else int(label)] * len(arrays))
+        if rejected and self.rejected_out is not None:
+            rows = [row for row, _ in rejected]
+            has_source = "source" in table.column_names
+            sources = table.column("source").take(rows).to_pylist() if has_source else [""] * len(rows)
+            reasons = [reason for _, reason in rejected]
+            write_rejected_piece(self.rejected_out, [keys[row] for row in rows], sources, reasons)
         if images:
             stacked = np.stack(images)  # (N, C, H, W)
         else:

@@ -192,6 +192,7 @@ def build_datasets(config: TrainConfig, source, plan: RunPlan) -> dict[str, Any]
             patches=config.patches_per_image,
             augment=config.augment,
             seed=None,  # Ray Data reruns the map every epoch: fresh patches each time
+            rejected_out=config.out,  # bad images listed in <out>/_rejected/ (train/rejected.py)
         )
         datasets[split] = rows.map_batches(decode, batch_format="pyarrow", batch_size=DECODE_BATCH_ROWS)
     return datasets
