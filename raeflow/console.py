@@ -6,6 +6,7 @@ Ray-free: importing this module never imports Ray.
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
 
 Level = Literal["quiet", "normal", "verbose"]
@@ -35,3 +36,9 @@ def is_quiet() -> bool:
 def is_verbose() -> bool:
     """Ray's own log lines reach the console too."""
     return _level == "verbose"
+
+
+def notice(line: str) -> None:
+    """Tell the user one line about how the job will run (stderr, beside the progress; not with --quiet)."""
+    if not is_quiet():
+        print(line, file=sys.stderr, flush=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -75,13 +77,20 @@ def test_out_naming_a_file_is_refused(bundles: dict[str, str], tmp_path: Path) -
     assert file.read_text() == "mine"
 
 
-def test_report_tsne_on_a_model_whose_codes_grow_is_refused_first(
+def test_report_tsne_on_a_model_whose_codes_grow_unpooled_is_refused_first(
     bundles: dict[str, str], tmp_path: Path
 ) -> None:
+    # The embed rule: a fully convolutional model's codes are mapped when its embed() averages them
+    # over space (bundle.json's embedding_dim); a bundle without one has no common length to map.
+    unpooled = tmp_path / "unpooled"
+    shutil.copytree(bundles["any"], unpooled)
+    meta = json.loads((unpooled / "bundle.json").read_text())
+    del meta["embedding_dim"]
+    (unpooled / "bundle.json").write_text(json.dumps(meta))
     out = tmp_path / "report"
-    args = ["report", "--data", "builtin:digits", "--model", bundles["any"], "--out", str(out), "--tsne"]
+    args = ["report", "--data", "builtin:digits", "--model", str(unpooled), "--out", str(out), "--tsne"]
     line = one_line_error(args)
-    assert line.startswith("error: --tsne needs codes of one length") and "drop --tsne" in line
+    assert line.startswith(f"error: model {unpooled} is fully convolutional and its code is not averaged")
     assert not out.exists()
 
 

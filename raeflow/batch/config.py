@@ -60,7 +60,8 @@ class EmbedConfig:
     image_column: str | None = None
     """Image-bytes column of a Parquet source (default: image, jpg or png)."""
     image_size: tuple[int, int] | None = None
-    """Resize images to H x W before encoding; required for fully convolutional models."""
+    """Resize images to HxW before encoding. Default: a fixed-size model's own size; a fully convolutional
+    model's code is averaged over space, at each image's own size (slow on large photos: give a size)."""
     run: RunOptions = field(default_factory=RunOptions)
     """How the job runs on Ray."""
 

@@ -5,26 +5,39 @@
 Each `part-SSSSS-RRRRRR.parquet` (shard SSSSS, from its row RRRRRR; sorted names give the input
 order) is written by the predictor actor that computed it and has the columns `key`, `source`,
 `embedding` (plain Arrow `fixed_size_list<float32>[D]`) and, where the source has labels, `label`;
-its file metadata carries `raeflow.model` (the bundle's fingerprint) and `raeflow.version`.
+its file metadata carries `raeflow.model` (the bundle's fingerprint), `raeflow.version` and, where
+the source names its classes (class folders), `raeflow.labels` (JSON: label id -> class name).
 """
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 
-from raeflow import __version__
+from raeflow import __version__, console
 from raeflow.batch.config import EmbedConfig
 from raeflow.batch.decoding import DecodeSpec
 from raeflow.batch.output import OutputDir
-from raeflow.batch.predictors import EncodePredictor, embedding_dim
+from raeflow.batch.predictors import EncodePredictor
 from raeflow.batch.runner import BatchJob, JobSummary, run_batch_job
 from raeflow.batch.worker import PartWriter, parquet_bytes, piece_stem
 from raeflow.data.sources import open_source
 from raeflow.models import load_bundle
+from raeflow.models.embedding import embedding_rule, model_embedding_dim
+
+LABELS_METADATA = "raeflow.labels"
+"""File-metadata key of the class names by label id (JSON), where the source names its classes."""
 
 
-def embedding_schema(dim: int, *, with_labels: bool, fingerprint: str) -> pa.Schema:
-    """The schema of every part of an embedding table of dimension `dim`."""
+def embedding_schema(
+    dim: int, *, with_labels: bool, fingerprint: str, label_names: list[str] | None = None
+) -> pa.Schema:
+    """The schema of every part of an embedding table of dimension `dim`.
+
+    With `label_names` (class folders) the file metadata also carries `raeflow.labels`, the JSON
+    mapping of each label id to its class name (`{"0": "everyday", "1": "science"}`).
+    """
     fields = [
         pa.field("key", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
@@ -32,7 +45,15 @@ def embedding_schema(dim: int, *, with_labels: bool, fingerprint: str) -> pa.Sch
     ]
     if with_labels:
         fields.append(pa.field("label", pa.int64()))
-    return pa.schema(fields, metadata={"raeflow.model": fingerprint, "raeflow.version": __version__})
+    metadata = {"raeflow.model": fingerprint, "raeflow.version": __version__}
+    if with_labels and label_names:
+        metadata[LABELS_METADATA] = labels_json(label_names)
+    return pa.schema(fields, metadata=metadata)
+
+
+def labels_json(label_names: list[str]) -> str:
+    """Class names by label as the JSON object of `raeflow.labels`: `{"0": "cats", "1": "dogs"}`."""
+    return json.dumps({str(i): name for i, name in enumerate(label_names)}, ensure_ascii=False)
 
 
 class EmbeddingWriter(PartWriter):
@@ -60,19 +81,30 @@ def run_embed(config: EmbedConfig) -> JobSummary:
 
 
 def embed_job(config: EmbedConfig) -> BatchJob:
-    """The batch job `run_embed` runs (checks the bundle against the settings, lists nothing yet)."""
+    """The batch job `run_embed` runs (checks the bundle against the settings, lists nothing yet).
+
+    The embedding follows `raeflow.models.embedding.embedding_rule`: a fully convolutional model's
+    code is averaged over space, at each image's own size unless --image-size resizes first; the
+    job says so in one line before it starts.
+    """
     config.run.validate()
     bundle = load_bundle(config.model)
     contract = bundle.model.input_contract
-    channels, height, width = contract["channels"], contract["height"], contract["width"]
+    channels = contract["channels"]
     if config.image_size is not None:
         bundle.check_input(channels, *config.image_size)
-        height, width = config.image_size
-    # A fully convolutional model without --image-size embeds each image at its own size.
-    size = (height, width) if "any" not in (height, width) else None
+    rule = embedding_rule(config.model, contract, model_embedding_dim(bundle.model), config.image_size)
+    notice = rule.notice(config.model)
+    if notice and not config.run.quiet:
+        console.notice(notice)
+    size = rule.size
     source = open_source(config.data, config.source_format, image_column=config.image_column)
-    dim = embedding_dim(bundle.model, channels, *(size or (None, None)))
-    schema = embedding_schema(dim, with_labels=source.has_labels, fingerprint=bundle.fingerprint)
+    schema = embedding_schema(
+        rule.dim,
+        with_labels=source.has_labels,
+        fingerprint=bundle.fingerprint,
+        label_names=getattr(source, "label_names", None),  # class folders: label i is label_names[i]
+    )
     writer = EmbeddingWriter(schema)
     return BatchJob(
         name="embed",

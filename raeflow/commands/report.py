@@ -13,22 +13,21 @@ import click
 
 from raeflow.commands.batch import BATCH_SPECS, RUN_SKIP, prepare, print_summary, start_ray
 from raeflow.commands.options import OptionSpec, console_options, settings_from, settings_options
-from raeflow.errors import ConfigError
 from raeflow.report.config import ReportConfig
 
 
 def check_map(config: ReportConfig) -> None:
-    """Refuse --tsne for a model whose codes grow with the image (no common length to map)."""
+    """Refuse --tsne before Ray starts for a model whose embeddings have no common length, by the
+    rule `raeflow embed` follows (`raeflow.models.embedding.embedding_rule`)."""
     if not config.tsne:
         return
     from raeflow.models.bundle import read_bundle_meta
+    from raeflow.models.embedding import embedding_rule
 
-    contract = read_bundle_meta(config.model).get("input_contract", {})
-    if "any" in (contract.get("height"), contract.get("width")):
-        raise ConfigError(
-            f"--tsne needs codes of one length, but {config.model} is fully convolutional (its codes grow "
-            "with the image); drop --tsne, or report a fixed-size model"
-        )
+    meta = read_bundle_meta(config.model)
+    contract = meta.get("input_contract") or {}
+    if "any" in (contract.get("height"), contract.get("width")):  # pooled codes are mapped, others refused
+        embedding_rule(config.model, contract, meta.get("embedding_dim"))
 
 
 @click.command("report")

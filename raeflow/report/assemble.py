@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +19,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from raeflow import __version__
-from raeflow.batch.manifest import Manifest
-from raeflow.batch.output import OutputDir
+from raeflow.batch.manifest import REJECTED_DIR, Manifest
+from raeflow.batch.output import TEMP_MARK, OutputDir
 from raeflow.batch.summary import JobSummary
 from raeflow.report import figures as draw
 from raeflow.report.config import ReportConfig
@@ -30,6 +31,8 @@ from raeflow.report.samples import SampleKeeper
 from raeflow.report.stats import MetricStats
 from raeflow.report.tsne import draw_maps
 
+MAX_REJECTED_LISTED = 200
+"""Most rejected images the page and summary.json name (all are in `_rejected/`)."""
 METRICS_FILE = "metrics.parquet"
 SUMMARY_FILE = "summary.json"
 HTML_FILE = "report.html"
@@ -53,7 +56,8 @@ class ReportContext:
     started: float
     """`time.monotonic()` when the command started."""
     map_note: str | None = None
-    """Why there is no t-SNE map although one was asked for (decided before the job ran)."""
+    """A note for the t-SNE section decided before the job ran (how a fully convolutional model's
+    codes were made comparable)."""
     label_names: list[str] | None = None
     """Class name of each label where the source knows them (folder class subfolders), for the legend."""
 
@@ -74,6 +78,8 @@ def assemble_report(out: OutputDir, job: JobSummary, context: ReportContext) -> 
     summary["worst"] = [
         {name: row[name] for name in ("key", "psnr", "ssim") if name in row} for row in keeper.worst.rows
     ]
+    if job.images_rejected:
+        summary["rejected"] = _rejected(out)
     summary["timings"].update(
         tsne_seconds=round(tsne_seconds, 3),
         assemble_seconds=round(time.monotonic() - began, 3),
@@ -114,13 +120,31 @@ def _collect_samples(out: OutputDir, parts: list[str], config: ReportConfig) -> 
     return keeper
 
 
+def _rejected(out: OutputDir) -> dict[str, Any]:
+    """The `_rejected/` table in brief: count, count per reason, and the first rows (input order)."""
+    by_reason: Counter[str] = Counter()
+    listed: list[dict[str, Any]] = []
+    for name in out.list(REJECTED_DIR):
+        if not name.endswith(".parquet") or TEMP_MARK in name:
+            continue
+        for row in pq.read_table(io.BytesIO(out.read(f"{REJECTED_DIR}/{name}"))).to_pylist():
+            by_reason[str(row.get("reason") or "unknown").split(":", 1)[0].strip()] += 1
+            if len(listed) < MAX_REJECTED_LISTED:
+                listed.append({k: row.get(k) for k in ("key", "reason", "source")})
+    return {
+        "count": sum(by_reason.values()),
+        "by_reason": dict(by_reason.most_common()),
+        "listed": listed,
+        "table": out.url(REJECTED_DIR + "/"),
+    }
+
+
 def _grid_items(rows: list[dict], caption_key: bool) -> list[draw.GridItem]:
     items = []
-    for row in rows:
+    for rank, row in enumerate(rows, 1):
         caption = f"{row['psnr']:.1f} dB"
-        if caption_key:
-            key = row["key"] if len(row["key"]) <= 16 else "…" + row["key"][-15:]
-            caption = f"{caption}\n{key}"
+        if caption_key:  # the whole key, wrapped (the page's table below the grid has it on one line)
+            caption = f"#{rank}  {caption}\n" + "\n".join(draw.wrap_key(row["key"]))
         versions = {"original": row["clean_png"], "noisy": row["noisy_png"], "output": row["output_png"]}
         items.append(draw.GridItem(key=row["key"], versions=versions, caption=caption))
     return items
@@ -163,9 +187,9 @@ def _draw_figures(
 
 
 def _tsne_figure(rows: list[dict], context: ReportContext) -> tuple[bytes | None, str | None]:
-    if context.map_note:
-        return None, context.map_note
-    return draw_maps(rows, has_labels=context.has_labels, label_names=context.label_names)
+    figure, note = draw_maps(rows, has_labels=context.has_labels, label_names=context.label_names)
+    notes = [text for text in (context.map_note and context.map_note + ".", note) if text]
+    return figure, " ".join(notes) or None
 
 
 def _summary(
@@ -186,6 +210,9 @@ def _summary(
         "model": context.model,
         "noise": context.config.noise_spec,
         "psnr_cap_db": PSNR_CAP_DB,
+        "labels": (
+            {str(i): name for i, name in enumerate(context.label_names)} if context.label_names else None
+        ),
         "counts": {
             "rows_in": job.images_in,
             "rows_out": job.images_out,

@@ -28,7 +28,8 @@ class ReportConfig:
     """Corrupt the model's input with this noise (gaussian:0.1, saltpepper:0.05, mask:0.25); metrics
     compare the output to the clean image."""
     tsne: bool = False
-    """Add a t-SNE map of the model's codes for a sample of the images, coloured by label."""
+    """Add a t-SNE map of the model's codes for a sample of the images, coloured by label (a fully
+    convolutional model's code is averaged over space, as embed does)."""
     tsne_points: int = MAX_POINTS
     """Most images on the t-SNE map (a fixed key-hash sample)."""
     worst_k: int = 16

@@ -35,6 +35,26 @@ class GridItem:
     """Short text under the image (e.g. its PSNR)."""
 
 
+KEY_LINE = 18
+"""Characters per caption line when a key is wrapped under its image."""
+
+
+def wrap_key(key: str, width: int = KEY_LINE) -> list[str]:
+    """The whole key in lines of at most `width` characters, broken after `/`, `_`, `-` or `.`
+    where one is near the end of a line (else mid-word); nothing is cut off."""
+    lines: list[str] = []
+    rest = key
+    while len(rest) > width:
+        cut = max(rest.rfind(mark, 0, width) for mark in "/_-.") + 1
+        if cut < width // 2:  # no separator in the second half of the line: break mid-word
+            cut = width
+        lines.append(rest[:cut])
+        rest = rest[cut:]
+    if rest or not lines:
+        lines.append(rest)
+    return lines
+
+
 def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     FigureCanvasAgg(figure)
@@ -56,7 +76,8 @@ def comparison_grid(items: Sequence[GridItem], versions: Sequence[str], title: s
     num_blocks = max(1, -(-len(items) // MAX_COLUMNS))
     columns = min(max(len(items), 1), MAX_COLUMNS)
     rows = num_blocks * len(versions)
-    figure = Figure(figsize=(1.3 * columns + 1.0, 1.45 * rows + 0.6))
+    caption_lines = max((item.caption.count("\n") for item in items), default=0)  # beyond the first
+    figure = Figure(figsize=(1.3 * columns + 1.0, 1.45 * rows + 0.6 + 0.14 * caption_lines * num_blocks))
     figure.suptitle(title, fontsize=11)
     axes = figure.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
@@ -54,6 +54,11 @@ table.facts td { text-align: left; }
 img { max-width: 100%; height: auto; display: block; margin: 0.5em 0; }
 .note { color: #666; font-size: 0.9em; }
 pre { background: #f6f6f8; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+table.keys { width: 100%; table-layout: fixed; }
+table.keys td.key, table.keys td.text, table.facts td { text-align: left; overflow-wrap: anywhere;
+       word-break: break-all; }
+table.keys td.key { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.95em; }
+table.keys th.num { width: 3em; } table.keys th.metric { width: 6em; }
 """
 
 
@@ -83,6 +88,41 @@ def _facts_table(facts: Mapping[str, Any]) -> str:
     return f'<table class="facts"><tbody>{rows}</tbody></table>'
 
 
+def _worst_table(worst: Sequence[Mapping[str, Any]]) -> str:
+    """The worst images' whole keys (wrapped, never cut), in the grid's order, with their metrics."""
+    head = '<th class="num">#</th><th>key</th><th class="metric">PSNR (dB)</th><th class="metric">SSIM</th>'
+    rows = "".join(
+        f'<tr><td>{rank}</td><td class="key">{escape(str(row.get("key", "")))}</td>'
+        f"<td>{_number(row.get('psnr', ''), 2)}</td><td>{_number(row.get('ssim', ''), 3)}</td></tr>"
+        for rank, row in enumerate(worst, 1)
+    )
+    return f'<table class="keys" id="worst-keys"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
+
+
+def _rejected_section(rejected: Mapping[str, Any]) -> list[str]:
+    """Which images could not be used and why: counts per reason, then the listed rows."""
+    count = int(rejected.get("count", 0))
+    listed = rejected.get("listed", [])
+    reasons = ", ".join(f"{escape(str(r))}: {n:,}" for r, n in rejected.get("by_reason", {}).items())
+    parts = [
+        "<h2>Rejected images</h2>",
+        f'<p class="note">{count:,} image(s) could not be used ({reasons}); the full table, with '
+        f"each image's source, is {escape(str(rejected.get('table', '_rejected/')))}.</p>",
+    ]
+    rows = "".join(
+        f'<tr><td class="key">{escape(str(row.get("key", "")))}</td>'
+        f'<td class="text">{escape(str(row.get("reason", "")))}</td></tr>'
+        for row in listed
+    )
+    parts.append(
+        f'<table class="keys" id="rejected"><thead><tr><th>key</th><th>reason</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>"
+    )
+    if count > len(listed):
+        parts.append(f'<p class="note">... and {count - len(listed):,} more, listed in that table.</p>')
+    return parts
+
+
 def render_report(summary: Mapping[str, Any], figures: Mapping[str, bytes], notes: Mapping[str, str]) -> str:
     """The HTML page for a report `summary` (as in summary.json) with its PNG `figures` embedded.
 
@@ -94,6 +134,8 @@ def render_report(summary: Mapping[str, Any], figures: Mapping[str, bytes], note
     facts = {
         "data": summary.get("data"),
         "source (labels)": summary.get("source"),
+        "class names (label=name)": ", ".join(f"{i}={n}" for i, n in (summary.get("labels") or {}).items())
+        or None,
         "model": model.get("uri"),
         "architecture": model.get("arch"),
         "model fingerprint": str(model.get("fingerprint", ""))[:16],
@@ -125,6 +167,10 @@ def render_report(summary: Mapping[str, Any], figures: Mapping[str, bytes], note
             parts.append(f'<img id="fig-{name}" alt="{escape(heading)}" src="{data_uri(figures[name])}">')
         if name in notes:
             parts.append(f'<p class="note">{escape(notes[name])}</p>')
+        if name == "worst" and summary.get("worst"):
+            parts.append(_worst_table(summary["worst"]))
+    if summary.get("rejected"):
+        parts.extend(_rejected_section(summary["rejected"]))
     parts.append("<h2>Settings</h2>")
     parts.append(f"<pre>{escape(json.dumps(summary.get('settings', {}), indent=2, sort_keys=True))}</pre>")
     parts.append("</body></html>")

@@ -21,12 +21,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from raeflow import console
 from raeflow.batch.decoding import DecodeSpec
 from raeflow.batch.output import OutputDir
 from raeflow.batch.runner import BatchJob, JobSummary, run_batch_job
 from raeflow.data.sources import open_source
 from raeflow.errors import ConfigError
 from raeflow.models import load_bundle
+from raeflow.models.embedding import embedding_rule, model_embedding_dim
 from raeflow.report.assemble import HTML_FILE, SUMMARY_FILE, ReportContext, assemble_report
 from raeflow.report.config import ReportConfig
 from raeflow.report.limit import LimitedSource
@@ -74,12 +76,18 @@ def run_report(config: ReportConfig) -> ReportResult:
     if config.limit is not None:
         source = LimitedSource(source, config.limit)
     any_size = "any" in (contract["height"], contract["width"])
+    map_note = None
+    if config.tsne:  # the map's vectors are the embeddings `raeflow embed` writes, by the same rule
+        rule = embedding_rule(config.model, contract, model_embedding_dim(model))
+        map_note = rule.notice(config.model, purpose="for the t-SNE map ", resize_hint=False)
+        if map_note and not config.run.quiet:
+            console.notice(map_note)
     noise = config.noise_spec
     metric_names = METRIC_COLUMNS + (NOISY_COLUMNS if noise else ())
     sizes = {
         "gallery_size": config.gallery_size,
         "worst_k": config.worst_k,
-        "map_size": config.tsne_points if config.tsne and not any_size else 0,
+        "map_size": config.tsne_points if config.tsne else 0,
     }
     context = ReportContext(
         config=config,
@@ -96,15 +104,13 @@ def run_report(config: ReportConfig) -> ReportResult:
         label_names=label_names,
         metric_names=metric_names,
         started=started,
-        map_note=(
-            "No map: this fully convolutional model's codes grow with the image, so they have no "
-            "common length to compare."
-            if config.tsne and any_size
-            else None
-        ),
+        map_note=map_note,
     )
     schema = metrics_schema(
-        with_labels=source.has_labels, with_noise=bool(noise), fingerprint=bundle.fingerprint
+        with_labels=source.has_labels,
+        with_noise=bool(noise),
+        fingerprint=bundle.fingerprint,
+        label_names=label_names,
     )
     writer = ReportWriter(schema, sizes, lambda out, job: assemble_report(out, job, context))
     job = BatchJob(

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raeflow import __version__
+from raeflow.batch.embed import LABELS_METADATA, labels_json
 from raeflow.batch.output import OutputDir
 from raeflow.batch.summary import JobSummary
 from raeflow.batch.worker import PartWriter, parquet_bytes, piece_stem
@@ -38,15 +39,24 @@ def samples_part(shard: int, first_row: int) -> str:
     return f"{PARTS_DIR}/samples-{piece_stem(shard, first_row)}.parquet"
 
 
-def metrics_schema(*, with_labels: bool, with_noise: bool, fingerprint: str) -> pa.Schema:
-    """`metrics.parquet` columns: key, [label], mse, psnr, ssim, [noisy_psnr, noisy_ssim]."""
+def metrics_schema(
+    *, with_labels: bool, with_noise: bool, fingerprint: str, label_names: list[str] | None = None
+) -> pa.Schema:
+    """`metrics.parquet` columns: key, [label], mse, psnr, ssim, [noisy_psnr, noisy_ssim].
+
+    File metadata: `raeflow.model`, `raeflow.version` and, where the source names its classes,
+    `raeflow.labels` (JSON: label id -> class name), as in the embedding table.
+    """
     fields = [pa.field("key", pa.string(), nullable=False)]
     if with_labels:
         fields.append(pa.field("label", pa.int64()))
     fields += [pa.field(name, pa.float64()) for name in ("mse", "psnr", "ssim")]
     if with_noise:
         fields += [pa.field(name, pa.float64()) for name in NOISY_COLUMNS]
-    return pa.schema(fields, metadata={"raeflow.model": fingerprint, "raeflow.version": __version__})
+    metadata = {"raeflow.model": fingerprint, "raeflow.version": __version__}
+    if with_labels and label_names:
+        metadata[LABELS_METADATA] = labels_json(label_names)
+    return pa.schema(fields, metadata=metadata)
 
 
 SAMPLES_SCHEMA = pa.schema(

@@ -58,8 +58,8 @@ class ReportPredictor(Predictor):
         self.noise = parse_noise(noise)
         self.noisy = self.noise.spec != "none"
         self.keeper = SampleKeeper(gallery_size=gallery_size, worst_k=worst_k, map_size=map_size)
-        # t-SNE needs one vector length for all images: fully convolutional codes grow with the image.
-        self.embeds = map_size > 0 and not self.any_size
+        # Fully convolutional models too: their `embed` averages the code over space (one length).
+        self.embeds = map_size > 0
 
     @torch.inference_mode()
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -22,6 +22,8 @@ MIN_POINTS = 5
 """Fewer points than this make no meaningful map."""
 PCA_DIMS = 50
 """Embeddings wider than this are reduced to this many principal components first."""
+MAP_SIDE = 32
+"""Side of the square that pixel thumbnails of different sizes are resized to before mapping."""
 
 
 def embed_2d(embeddings: np.ndarray, *, seed: int = 0, max_points: int = MAX_POINTS) -> np.ndarray:
@@ -48,11 +50,24 @@ def neighbour_agreement(points: np.ndarray, labels: np.ndarray) -> float:
 
 
 def pixel_vectors(pngs: list[bytes]) -> np.ndarray:
-    """The small map thumbnails (PNG bytes, all one size) as float vectors `(N, H*W*C)` in [0, 1]."""
+    """The small map thumbnails (PNG bytes) as float vectors `(N, H*W*C)` in [0, 1].
+
+    Thumbnails of one size (fixed-size models) are used as they are; photos of different sizes or
+    shapes (fully convolutional models) are first resized to one `MAP_SIDE` x `MAP_SIDE` square,
+    so every image has the same number of pixel values.
+    """
     from raeflow.report.figures import decode_png
 
-    arrays = [decode_png(data).astype(np.float32) / 255.0 for data in pngs]
-    return np.stack([a.reshape(-1) for a in arrays])  # (N, P)
+    arrays = [decode_png(data) for data in pngs]  # (h, w) or (h, w, 3) uint8
+    if len({a.shape for a in arrays}) > 1:
+        arrays = [_square(a) for a in arrays]
+    return np.stack([a.astype(np.float32).reshape(-1) / 255.0 for a in arrays])  # (N, P)
+
+
+def _square(pixels: np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(pixels).resize((MAP_SIDE, MAP_SIDE), Image.Resampling.BOX))
 
 
 def draw_maps(

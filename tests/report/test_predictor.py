@@ -96,7 +96,7 @@ def test_unknown_noise_is_a_user_error(digits_bundle: str) -> None:
         ReportPredictor(digits_bundle, noise="fog:0.3")
 
 
-def test_fully_convolutional_model_scores_each_size_and_skips_embeddings(tmp_path) -> None:
+def test_fully_convolutional_model_scores_each_size_and_pools_its_embeddings(tmp_path) -> None:
     from skimage import data as skdata
 
     from raeflow.batch.decoding import DecodeSpec, decode_rows
@@ -123,7 +123,8 @@ def test_fully_convolutional_model_scores_each_size_and_skips_embeddings(tmp_pat
     )
     assert table.column("reason").to_pylist() == [None] * 3
     assert np.all(np.isfinite(_column(table, "psnr"))) and np.all(np.isfinite(_column(table, "ssim")))
-    assert table.column("embedding").to_pylist() == [None] * 3  # codes of any-size models vary in length
+    # The embed rule: codes of any-size models are averaged over space, one length (16) for every size.
+    assert [len(v) for v in table.column("embedding").to_pylist()] == [16] * 3
 
 
 def test_the_report_predictor_is_built_on_the_batch_predictor_base() -> None:
