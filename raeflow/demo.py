@@ -7,6 +7,7 @@
 3. embed    every digit -> a Parquet embedding table (Ray Data)
 4. denoise  a noisy copy of the 500 held-out digits, written as PNG files -> the cleaned PNGs
 5. report   reconstruction report on the held-out digits with the same noise, t-SNE map by label
+            (their clean PNG copies, which the report reads, are in `held-out/`)
 
 Every step is the library function behind the matching CLI command, so the demo's outputs are
 exactly what `raeflow shard|train|embed|denoise|report` would write. A rerun into the same folder
@@ -161,6 +162,7 @@ def run_demo(config: DemoConfig, echo: Callable[[str], None] = print) -> DemoSum
     step(5, "reconstruction report on the held-out digits")
     held_out_dir = Path(out) / "held-out"
     _write_pngs(clean, keys, held_out_dir)
+    summary.outputs["held-out (clean)"] = str(held_out_dir)
     reported = run_report(
         ReportConfig(
             data=str(held_out_dir),
