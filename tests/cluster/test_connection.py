@@ -109,38 +109,52 @@ def test_verbose_shows_rays_lines(bundle: str, tmp_path: Path) -> None:
     assert ray_lines(done.stderr), done.stderr[-3000:]
 
 
-def _ray_nodes() -> set[int]:
-    """Processes of Ray's node binaries (GCS servers, raylets) on this machine."""
+@pytest.fixture()
+def ray_temp_dir() -> str:
+    """A Ray temp dir (`RAY_TMPDIR`) of the commands under test alone: their Ray's session folder and
+    sockets live there, so its GCS and raylet are told apart from any other Ray on the machine."""
+    root = tempfile.mkdtemp(prefix="rf-own-", dir="/tmp")  # short: Ray's socket paths are limited
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _ray_nodes(temp_dir: str) -> set[int]:
+    """Processes of Ray's node binaries (GCS servers, raylets) whose command line names `temp_dir`
+    (their `--session-dir`, socket paths): the nodes of commands run with `RAY_TMPDIR=temp_dir`."""
+    mark = temp_dir.rstrip("/").encode() + b"/"
     found = set()
     for entry in Path("/proc").iterdir():
         try:
-            program = (entry / "cmdline").read_bytes().split(b"\0")[0] if entry.name.isdigit() else b""
+            args = (entry / "cmdline").read_bytes().split(b"\0") if entry.name.isdigit() else [b""]
         except OSError:
             continue
-        if program.endswith((b"/gcs_server", b"/raylet")):
+        if args[0].endswith((b"/gcs_server", b"/raylet")) and any(mark in arg for arg in args[1:]):
             found.add(int(entry.name))
     return found
 
 
-def _left_behind(before: set[int], pid: int) -> list[str]:
-    """Ray node processes started since `before` still running, and temporary files of process `pid`."""
+def _left_behind(temp_dir: str, pid: int) -> list[str]:
+    """Ray node processes of the commands run with `RAY_TMPDIR=temp_dir` still running, and temporary
+    files of process `pid`. Another user's Ray, started meanwhile, is not theirs and not counted."""
     deadline = time.monotonic() + 20  # a node that is being stopped may take a moment to go
-    while _ray_nodes() - before and time.monotonic() < deadline:
+    while _ray_nodes(temp_dir) and time.monotonic() < deadline:
         time.sleep(0.2)
-    nodes = [f"ray node {p}" for p in sorted(_ray_nodes() - before)]
+    nodes = [f"ray node {p}" for p in sorted(_ray_nodes(temp_dir))]
     return nodes + sorted(str(p) for p in Path(tempfile.gettempdir()).glob(f"raeflow-{pid}-*"))
 
 
 def test_commands_leave_no_ray_and_no_temp_files_after_success_mistakes_and_sigterm(
-    bundle: str, tmp_path: Path
+    bundle: str, tmp_path: Path, ray_temp_dir: str
 ) -> None:
     # A command starts its private Ray while it loads; whatever happens next, that Ray goes with it.
-    before = _ray_nodes()
+    own = {**os.environ, "RAY_TMPDIR": ray_temp_dir}
     embed = raeflow("embed", "--data", "builtin:digits", "--model", bundle, "--quiet")
-    done = subprocess.Popen([*embed, "--out", str(tmp_path / "emb")], stdout=subprocess.PIPE, text=True)
+    done = subprocess.Popen(
+        [*embed, "--out", str(tmp_path / "emb")], stdout=subprocess.PIPE, text=True, env=own
+    )
     out, _ = done.communicate(timeout=900)
     assert done.returncode == 0 and "1,797 images in" in out
-    assert _left_behind(before, done.pid) == []
+    assert _left_behind(ray_temp_dir, done.pid) == []
 
     # A damaged bundle is found after Ray began to start: one line, exit 2, nothing left.
     damaged = tmp_path / "damaged"
@@ -154,17 +168,19 @@ def test_commands_leave_no_ray_and_no_temp_files_after_success_mistakes_and_sigt
         ],
         stderr=subprocess.PIPE,
         text=True,
+        env=own,
     )
     _, err = mistake.communicate(timeout=300)
     assert mistake.returncode == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "dn").exists()
-    assert _left_behind(before, mistake.pid) == []
+    assert _left_behind(ray_temp_dir, mistake.pid) == []
 
     # SIGTERM while the job runs: the command stops its Ray on the way out.
     job = subprocess.Popen(
         [*raeflow("report", "--data", "builtin:digits", "--model", bundle), "--out", str(tmp_path / "rep")],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=own,
     )
     deadline = time.monotonic() + 300
     while (
@@ -172,9 +188,10 @@ def test_commands_leave_no_ray_and_no_temp_files_after_success_mistakes_and_sigt
     ):
         time.sleep(0.1)
     assert job.poll() is None, "the report finished before it could be stopped"
+    assert _ray_nodes(ray_temp_dir), "the running command's own GCS and raylet are not found"
     job.send_signal(signal.SIGTERM)
     assert job.wait(timeout=120) != 0
-    assert _left_behind(before, job.pid) == []
+    assert _left_behind(ray_temp_dir, job.pid) == []
 
 
 def free_port() -> int:
