@@ -40,8 +40,8 @@ class _Group(click.Group):
         except click.ClickException as err:
             click.echo(f"error: {_one_line(err.format_message())}", err=True)
             sys.exit(err.exit_code)
-        except click.Abort:
-            click.echo("aborted", err=True)
+        except click.Abort as err:
+            click.echo(_aborted(err), err=True)
             sys.exit(130)
         sys.exit(result if isinstance(result, int) else 0)
 
@@ -56,6 +56,14 @@ class _Group(click.Group):
         except Exception:
             _point_at_ray_logs()
             raise
+
+
+def _aborted(err: click.Abort) -> str:
+    """`aborted`, and what a job stopped by Ctrl-C has committed and how to resume it, when it said."""
+    from raeflow.progress import JobInterrupted
+
+    cause = err.__cause__ or err.__context__
+    return f"aborted: {cause.message}" if isinstance(cause, JobInterrupted) else "aborted"
 
 
 def _one_line(text: str) -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -45,11 +46,11 @@ from raeflow.batch.ledger import KeyIndex, OpenShard
 from raeflow.batch.location import check_out_outside_data, resolved_uri
 from raeflow.batch.manifest import REJECTED_DIR, Manifest, ShardRecord
 from raeflow.batch.output import OutputDir
-from raeflow.batch.summary import JobSummary, check_rejected, summarise
+from raeflow.batch.summary import JobSummary, check_rejected, interrupted_message, summarise
 from raeflow.batch.worker import PartWriter, PredictAndWrite
 from raeflow.connection import connect_ray, require_gpus
 from raeflow.data.sources.base import Shard, Source
-from raeflow.progress import Progress
+from raeflow.progress import JobInterrupted, Progress
 
 CRASH_HOOK = "RAEFLOW_TEST_CRASH_AFTER_SHARDS"
 """Test hook: after this many shards are committed, the driver dies half-way through committing the next."""
@@ -108,6 +109,7 @@ def run_batch_job(job: BatchJob) -> JobSummary:
     Raises `ConfigError` when --out lies inside --data, `JobError` when the folder holds another
     run, or when more than `run.max_rejected` of the images were rejected (the outputs of the good
     images are kept, `_SUCCESS` is not written). Nothing is written before Ray is reachable.
+    Ctrl-C raises `JobInterrupted`, saying what is committed and that the same command resumes.
     """
     job.run.validate()
     started = time.monotonic()
@@ -123,15 +125,21 @@ def run_batch_job(job: BatchJob) -> JobSummary:
     received = [0]
     with Progress(job.name, quiet=job.run.quiet) as progress:
         if pending:
-            _connect(job.run)  # before anything is written: an unreachable cluster writes nothing
-            manifest.claim(job.name, job.fingerprint, settings, len(shards))
-            manifest.clear_success()
-            job.out.remove_leftovers()
-            prefixes = [*job.writer.part_prefixes(), (REJECTED_DIR, "part-")]
-            manifest.remove_partial(prefixes, {shard.index for shard in pending})
-            progress.say(f"{len(pending)} of {len(shards)} shards to do ({job.source.describe()})")
-            for record in _stream(job, pending, manifest, progress, received):
-                done[record.shard] = record
+            num_before = len(done)
+            try:
+                _count_in_background(job.source, pending, progress)
+                _connect(job.run)  # before anything is written: an unreachable cluster writes nothing
+                manifest.claim(job.name, job.fingerprint, settings, len(shards))
+                manifest.clear_success()
+                job.out.remove_leftovers()
+                prefixes = [*job.writer.part_prefixes(), (REJECTED_DIR, "part-")]
+                manifest.remove_partial(prefixes, {shard.index for shard in pending})
+                progress.say(_plan_line(job.source, shards, pending, done))
+                for record in _stream(job, pending, manifest, progress, received):
+                    done[record.shard] = record
+            except KeyboardInterrupt as interrupt:
+                message = interrupted_message(job.out.url(), len(shards), done, num_before)
+                raise JobInterrupted(message) from interrupt
         else:
             manifest.claim(job.name, job.fingerprint, settings, len(shards))
     keys = KeyIndex()
@@ -150,6 +158,40 @@ def run_batch_job(job: BatchJob) -> JobSummary:
     summary.outputs += job.writer.end_job(job.out, summary)
     manifest.mark_success(summary.as_dict())
     return summary
+
+
+def _plan_line(
+    source: Source, shards: list[Shard], pending: list[Shard], done: dict[int, ShardRecord]
+) -> str:
+    """What this run does: `6 shards to do (...)`, or on a rerun also what an earlier run finished."""
+    if not done:
+        return f"{len(pending)} shards to do ({source.describe()})"
+    images = sum(record.rows_in for record in done.values())
+    return (
+        f"{len(pending)} of {len(shards)} shards to do ({source.describe()}); {len(done)} shards "
+        f"({images:,} images) done before are skipped and not counted below"
+    )
+
+
+def _count_in_background(source: Source, pending: list[Shard], progress: Progress) -> None:
+    """Set the display's total to the images of the `pending` shards, counted beside the job (a
+    Parquet footer per file on a bucket may take a while); until then it says it is counting."""
+    if progress.quiet:
+        return
+    progress.set_total(None, note="counting the total")
+
+    def count() -> None:
+        try:
+            rows = source.count_rows(pending)
+        except Exception:  # the total only serves the display; the job reads every shard anyway
+            rows = [None]
+        known = [r for r in rows if r is not None]
+        if len(known) == len(rows):
+            progress.set_total(sum(known))
+        else:
+            progress.set_total(None, note=source.uncounted)
+
+    threading.Thread(target=count, name="raeflow-count-images", daemon=True).start()
 
 
 def _connect(run: RunOptions) -> None:

@@ -110,6 +110,19 @@ def check_rejected(summary: JobSummary, max_rejected: float | None) -> None:
         )
 
 
+def interrupted_message(out: str, num_shards: int, done: dict[int, ShardRecord], num_before: int) -> str:
+    """What a job stopped by Ctrl-C leaves in `out` (its `done` shards, `num_before` of them finished
+    by earlier runs), and how to go on; the CLI prints it after `aborted: `."""
+    images = sum(record.rows_in for record in done.values())
+    now = len(done) - num_before
+    earlier = f", {num_before} by earlier runs" if num_before else ""
+    return (
+        f"{len(done)} of {num_shards} shards ({images:,} images) are committed to {out} "
+        f"({now} by this run{earlier}); run the same command again to resume: it skips the committed "
+        "shards and redoes the others"
+    )
+
+
 def significant(value: float, digits: int = 3) -> float:
     """`value` rounded to `digits` significant digits (a slow job's 0.0333 images/s is not 0.0)."""
     return float(f"{value:.{digits}g}")

@@ -75,6 +75,20 @@ class Source:
         """Yield the shard's rows as tables of `ROW_SCHEMA`, at most `batch_rows` rows each."""
         raise NotImplementedError
 
+    def count_rows(self, shards: list[Shard]) -> list[int | None]:
+        """How many rows (images) each of `shards` holds, where that is known without reading the
+        shard; None where it is not. Cheap: what the listing knew, a footer or an index file at most.
+        What a progress display shows as the total; nothing depends on it being exact."""
+        return [None] * len(shards)
+
+    uncounted: str = "total unknown"
+    """What a progress display says where `count_rows` cannot count this kind's shards."""
+
     def describe(self) -> str:
         """One line for logs and summaries."""
         return f"{self.kind} source {self.uri}"
+
+
+def range_rows(shards: list[Shard]) -> list[int | None]:
+    """Rows of row-range shards (`stop - start`; None where `stop` is open)."""
+    return [None if shard.stop is None else max(0, shard.stop - shard.start) for shard in shards]

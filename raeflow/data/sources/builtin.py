@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from raeflow.data.images import encode_raw
-from raeflow.data.sources.base import ROW_SCHEMA, Shard, Source
+from raeflow.data.sources.base import ROW_SCHEMA, Shard, Source, range_rows
 from raeflow.errors import SourceError
 
 PHOTO_NAMES = (
@@ -118,6 +118,10 @@ class BuiltinSource(Source):
             )
             for index, start in enumerate(range(0, count, per_shard))
         ]
+
+    def count_rows(self, shards: list[Shard]) -> list[int | None]:
+        """Each shard's row range."""
+        return range_rows(shards)
 
     def read_shard(self, shard: Shard, *, batch_rows: int = 256) -> Iterator[pa.Table]:
         """The shard's images in the raw-pixel form, with labels where the data set has them."""

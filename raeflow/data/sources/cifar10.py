@@ -27,7 +27,7 @@ import pyarrow as pa
 from fsspec import AbstractFileSystem
 
 from raeflow.data.images import encode_raw
-from raeflow.data.sources.base import Shard, Source
+from raeflow.data.sources.base import Shard, Source, range_rows
 from raeflow.data.sources.location import filesystem, to_uri
 from raeflow.data.sources.published import files_in, row_table
 from raeflow.data.sources.safe_pickle import load_batch
@@ -110,6 +110,10 @@ class Cifar10Source(Source):
             )
             offsets[split] += count
         return shards
+
+    def count_rows(self, shards: list[Shard]) -> list[int | None]:
+        """Each batch file's images (counted when the shards were listed)."""
+        return range_rows(shards)
 
     def read_shard(self, shard: Shard, *, batch_rows: int = 256) -> Iterator[pa.Table]:
         uri = shard.paths[0]

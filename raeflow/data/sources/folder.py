@@ -23,7 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from raeflow.data.sources.base import ROW_SCHEMA, Shard, Source
+from raeflow.data.sources.base import ROW_SCHEMA, Shard, Source, range_rows
 from raeflow.data.sources.location import (
     filesystem,
     glob_root,
@@ -130,6 +130,10 @@ class FolderSource(Source):
                 )
             )
         return shards
+
+    def count_rows(self, shards: list[Shard]) -> list[int | None]:
+        """One image per listed file of each shard."""
+        return range_rows(shards)
 
     def read_shard(self, shard: Shard, *, batch_rows: int = 256) -> Iterator[pa.Table]:
         """The shard's files as rows; a file that cannot be read is a row with an `error`."""

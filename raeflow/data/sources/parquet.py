@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
 
@@ -31,6 +32,8 @@ from raeflow.errors import SourceError
 IMAGE_COLUMNS = ("image", "jpg", "png", "jpeg", "webp")
 """Columns tried, in order, when no image column is named."""
 SUFFIXES = (".parquet",)
+FOOTER_READS = 16
+"""Footers read at once by `count_rows` (each is one or two small reads; on a bucket, a round trip)."""
 
 
 class ParquetSource(Source):
@@ -74,6 +77,20 @@ class ParquetSource(Source):
         with fs.open(files[0], "rb") as f:
             self._image_field(pq.read_schema(f), to_uri(fs, files[0]))
         return one_shard_per_file(fs, path, files)
+
+    def count_rows(self, shards: list[Shard]) -> list[int | None]:
+        """Each file's row count from its footer (None for a file whose footer cannot be read)."""
+        fs, _ = filesystem(self.uri, self.storage_options)
+
+        def rows(shard: Shard) -> int | None:
+            try:
+                with fs.open(fs._strip_protocol(shard.paths[0]), "rb") as f:
+                    return int(pq.read_metadata(f).num_rows)
+            except (OSError, pa.ArrowException):
+                return None
+
+        with ThreadPoolExecutor(FOOTER_READS) as pool:
+            return list(pool.map(rows, shards))
 
     def read_shard(self, shard: Shard, *, batch_rows: int = 256) -> Iterator[pa.Table]:
         """The file's rows in batches of `batch_rows`."""

@@ -5,6 +5,9 @@ under the field `seg.jpg` (the key ends at the first dot of the file name), and 
 are adjacent in the tar. The image is the first field of `IMAGE_FIELDS` present; the label is
 the integer in `.cls`, else an integer `label` in `.json`.
 
+A tar's sample count is only known by reading it, except from the `_index.json` that `raeflow
+shard` writes beside its tars (`count_rows`, for progress displays).
+
 Rejected rows (empty `image`, an `error`): a sample without an image field, a key that is an
 absolute path or has a `..` part (it would escape an output folder), a key seen before in the same
 tar (kept unique as `<key>#<n>`), and the sample a truncated or corrupt tar ends in.
@@ -36,6 +39,8 @@ IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "tif", "tiff")
 """Fields that hold the image, in order of preference."""
 _READ_FIELDS = frozenset(IMAGE_FIELDS) | {"cls", "json"}
 """Fields whose bytes are read; other members (captions, videos, ...) are skipped unread."""
+SHARD_INDEX = "_index.json"
+"""The index `raeflow shard` writes beside its shards (`raeflow.data.shard_writer`): name, rows, bytes."""
 MEMBER_NAME = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 """A tar member's name as (key, field): the key is its folders and name up to the first dot (also
 how `raeflow.batch.mirror` regroups a tar's members)."""
@@ -46,6 +51,7 @@ class WebDatasetSource(Source):
 
     kind = "webdataset"
     has_labels = True  # where a sample has no `.cls`, its label is null
+    uncounted = f"total unknown: no {SHARD_INDEX} from raeflow shard beside the tars"
 
     @classmethod
     def sniff(cls, fs: Any, path: str) -> bool:
@@ -63,6 +69,15 @@ class WebDatasetSource(Source):
             raise SourceError(f"no .tar shards under {self.uri}")
         return one_shard_per_file(fs, path, files)
 
+    def count_rows(self, shards: list[Shard]) -> list[int | None]:
+        """Samples per tar from the `_index.json` beside it, for tars it lists with their present size
+        (None for the others: a tar changed since, or not packed by `raeflow shard`)."""
+        fs, _ = filesystem(self.uri, self.storage_options)
+        known: dict[str, int] = {}
+        for folder in sorted({posixpath.dirname(fs._strip_protocol(s.paths[0])) for s in shards}):
+            known.update(_indexed_rows(fs, folder))
+        return [known.get(fs._strip_protocol(shard.paths[0])) for shard in shards]
+
     def read_shard(self, shard: Shard, *, batch_rows: int = 256) -> Iterator[pa.Table]:
         """The tar's samples in order, `batch_rows` at a time."""
         fs, _ = filesystem(self.uri, self.storage_options)
@@ -74,6 +89,21 @@ class WebDatasetSource(Source):
                 yield rows.table()
         if len(rows):
             yield rows.table()
+
+
+def _indexed_rows(fs: Any, folder: str) -> dict[str, int]:
+    """{tar path: samples} for the tars of `folder` that its `_index.json` lists with their present size."""
+    try:
+        index = json.loads(fs.cat_file(f"{folder}/{SHARD_INDEX}"))
+        sizes = {e["name"]: e["size"] for e in fs.ls(folder, detail=True) if e.get("type") == "file"}
+        entries = index["shards"] if index.get("format") == "webdataset" else []
+        return {
+            f"{folder}/{e['name']}": int(e["rows"])
+            for e in entries
+            if sizes.get(f"{folder}/{e['name']}") == e.get("bytes")
+        }
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}  # no index (FileNotFoundError is an OSError), or not one `raeflow shard` wrote
 
 
 def _samples(fs: Any, path: str) -> Iterator[tuple[str, dict[str, bytes], str | None]]:
