@@ -20,6 +20,7 @@ from raeflow.batch.location import resolved_uri
 from raeflow.batch.manifest import SUCCESS_FILE
 from raeflow.commands.options import OptionSpec, console_options, settings_from, settings_options
 from raeflow.connection import check_reachable, start_local_early
+from raeflow.data.sources.object_store import probe
 from raeflow.errors import ConfigError
 
 RUN_SKIP = ("quiet", "verbose")
@@ -83,12 +84,19 @@ def start_ray(config: Any) -> None:
 
 
 def prepare(config: Any) -> Any:
-    """Validate a batch job's settings before Ray starts; the console level decides `run.quiet`."""
+    """Validate a batch job's settings before Ray starts; the console level decides `run.quiet`.
+
+    Buckets are probed here too (`probe`): no credentials, access denied, no such bucket or an
+    endpoint that does not answer is a one-line error before Ray starts or anything is written.
+    """
     config.run.quiet = console.is_quiet()
     config.run.verbose = console.is_verbose()
     config.validate()
     check_out_folder(config.out)
     check_reachable(config.run.address)
+    probe(config.data, "--data")
+    probe(config.model, "--model")
+    probe(config.out, "--out", output=True)
     return config
 
 

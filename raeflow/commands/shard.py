@@ -14,6 +14,7 @@ from raeflow.commands.batch import check_out_folder
 from raeflow.commands.options import OptionSpec, console_options, settings_from, settings_options
 from raeflow.data.shard_formats import SHARD_FILES
 from raeflow.data.shard_writer import ShardSettings
+from raeflow.data.sources.object_store import probe
 
 _ROWS = re.compile(r": (\d+) images")
 
@@ -48,6 +49,8 @@ def shard_command(**options: Any) -> None:
 
     settings = settings_from(ShardSettings, options)
     check_out_folder(settings.out)
+    probe(settings.source, "SRC")
+    probe(settings.out, "--out", output=True)
     with Progress("shard", plain_lines=False) as progress:
 
         def shard_done(line: str) -> None:

@@ -11,6 +11,7 @@ import click
 from raeflow.commands.batch import check_out_folder, start_ray_while_loading
 from raeflow.commands.options import OptionSpec, console_options, settings_from, settings_options
 from raeflow.connection import check_reachable
+from raeflow.data.sources.object_store import probe
 from raeflow.train.config import PLACEMENTS, TrainConfig, parse_model_args, parse_steps
 
 TRAIN_SPECS: dict[str, OptionSpec] = {
@@ -58,6 +59,8 @@ def train_command(**options) -> None:
     config = settings_from(TrainConfig, options).validate()
     check_out_folder(config.out)
     check_reachable(config.address)
+    probe(config.data, "--data", storage_options=config.storage_options)
+    probe(config.out, "--out", output=True, storage_options=config.storage_options)
     start_ray_while_loading(config.address, config.data, num_cpus=config.local_cpus())
     from raeflow.train.rejected import collect_rejected
     from raeflow.train.trainer import run_training

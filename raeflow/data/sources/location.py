@@ -77,11 +77,20 @@ def one_shard_per_file(fs: fsspec.AbstractFileSystem, path: str, files: list[str
 
 
 def require_exists(fs: fsspec.AbstractFileSystem, path: str, uri: str, expected: str) -> None:
-    """Raise `SourceError` saying what was expected where, when nothing is at `path`."""
-    if is_glob(path):
-        if not fs.glob(path):
-            raise SourceError(f"nothing matches {uri}; expected {expected} there")
-    elif not fs.exists(path):
+    """Raise `SourceError` saying what was expected where, when nothing is at `path` (or the store
+    behind it refuses: `object_store.explain`)."""
+    try:
+        found = bool(fs.glob(path)) if is_glob(path) else fs.exists(path)
+    except Exception as err:  # noqa: BLE001 - a store's refusal is one line; anything else is raised as it was
+        from raeflow.data.sources.object_store import explain
+
+        error = explain(uri, err)
+        if error is None:
+            raise
+        raise error from None
+    if not found and is_glob(path):
+        raise SourceError(f"nothing matches {uri}; expected {expected} there")
+    if not found:
         raise SourceError(f"no such file or folder: {uri}; expected {expected} there")
 
 
