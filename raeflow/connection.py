@@ -8,7 +8,8 @@ Inside a job submitted with `raeflow submit`, Ray sets `$RAY_ADDRESS`, so the jo
 
 An address that does not answer is a one-line `ClusterError` within `CONNECT_TIMEOUT_S`, before
 anything is written. Ray's own log lines (Python loggers and the C++ core worker's stderr) go to
-the session's log folder unless the console is verbose (`raeflow.console`).
+the session's log folder unless the console is verbose (`raeflow.console`). Workers import the
+raeflow this driver imported, whatever the working folder holds (`worker_runtime_env`).
 """
 
 from __future__ import annotations
@@ -182,6 +183,39 @@ def _start_and_route(
         _keep_ray_lines_in_log_folder(native)
 
 
+def worker_runtime_env(target: str | None) -> dict[str, Any] | None:
+    """What makes this driver's Ray workers import the raeflow it imported: a runtime env, or None.
+
+    Ray puts the driver's working folder first on every worker's `sys.path`. A `raeflow` folder
+    there without `__init__.py` (the clone itself, seen from the folder that holds it) is a
+    namespace package, which wins over a package that is not on `sys.path` at all, as an editable
+    install's is (a finder maps it). Naming the folder that holds this package on the workers'
+    PYTHONPATH puts the regular package on their path, and Python prefers it to a namespace
+    package. A working folder whose `raeflow` is another regular package or module would be
+    imported before it, so it is refused (`ClusterError`). Not for a job submitted with code (its
+    workers get the job's working_dir instead of the driver's folder), nor for `ray://` clients.
+    """
+    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
+
+    if RAY_JOB_CONFIG_JSON_ENV_VAR in os.environ or (target or "").startswith("ray://"):
+        return None
+    package = os.path.dirname(os.path.realpath(__file__))
+    home = os.path.dirname(package)
+    folder = os.getcwd()
+    found = [name for name in ("raeflow", "raeflow.py") if os.path.exists(os.path.join(folder, name))]
+    if not found or os.path.realpath(os.path.join(folder, found[0])) == package:
+        return None
+    shadow = os.path.join(folder, found[0])
+    if found[0] == "raeflow.py" or os.path.exists(os.path.join(shadow, "__init__.py")):
+        raise ClusterError(
+            f"the working folder holds {shadow}, which Ray's workers would import instead of the raeflow "
+            f"this command runs ({package}): run raeflow from another folder"
+        )
+    if any(os.path.realpath(entry or ".") == home for entry in sys.path):
+        return None  # a regular package on the workers' path already wins over the namespace one
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join([home, "${PYTHONPATH}"])}}
+
+
 def check_reachable(address: str | None) -> None:
     """Raise `ClusterError` at once, without starting Ray, when the cluster to join cannot be reached.
 
@@ -246,8 +280,15 @@ def _start_local(num_cpus: int | None, *, verbose: bool) -> None:
     """Start this command's private local Ray; a failure to start is one line, not Ray's traceback."""
     import ray
 
+    runtime_env = worker_runtime_env(None)
     try:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=verbose)
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=verbose,
+            runtime_env=runtime_env,
+        )
     except Exception as err:  # noqa: BLE001 - Ray raises bare Exceptions for startup failures
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         raise ClusterError(
@@ -261,10 +302,11 @@ def _join(target: str, *, verbose: bool, timeout_s: float) -> None:
     import ray
 
     outcome: dict[str, Any] = {}
+    runtime_env = worker_runtime_env(target)
 
     def init() -> None:
         try:
-            ray.init(address=target, log_to_driver=verbose)
+            ray.init(address=target, log_to_driver=verbose, runtime_env=runtime_env)
         except BaseException as err:  # noqa: BLE001 - handed to the caller's thread
             outcome["error"] = err
 
