@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raeflow.errors import ConfigError
+from raeflow.hardware import check_precision
 
 
 @dataclass
@@ -24,6 +25,8 @@ class RunOptions:
     """Give each predictor actor one GPU."""
     worker_cpus: float = 1.0
     """CPUs Ray reserves for each predictor actor (below 1 lets actors share cores with the read tasks)."""
+    precision: str = "auto"
+    """Model arithmetic: auto (bf16 where the CPU/GPU runs it natively, else fp32), bf16 or fp32."""
     address: str | None = None
     """Ray cluster to connect to; default: $RAY_ADDRESS, else a local Ray."""
     max_rejected: float | None = None
@@ -41,6 +44,7 @@ class RunOptions:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if self.worker_cpus <= 0:
             raise ConfigError(f"--worker-cpus must be positive, got {self.worker_cpus}")
+        check_precision(self.precision)
         if self.max_rejected is not None and not 0.0 <= self.max_rejected <= 1.0:
             raise ConfigError(f"--max-rejected is a fraction between 0 and 1, got {self.max_rejected}")
 

@@ -25,6 +25,16 @@ from raeflow.batch.tiling import padded_apply, tiled_apply_uint8
 from raeflow.data import images
 from raeflow.models import Autoencoder, load_bundle
 from raeflow.models.denoiser import noise_sample
+from raeflow.models.precision import (
+    Precision,
+    as_model_input,
+    checked_precision,
+    prepare_model,
+    resolve_precision,
+)
+
+PRECISION_METADATA = "raeflow.precision"
+"""Schema metadata key of a predictor's result (and of the embedding table): bf16 or fp32."""
 
 SIZE_MULTIPLE = 32
 """Fully convolutional models run on images padded to a multiple of this (at least their stride)."""
@@ -38,13 +48,18 @@ def pick_device(device: str | None) -> torch.device:
 
 
 def to_tensor(arrays: list[np.ndarray]) -> torch.Tensor:
-    """Stack equal-shaped `uint8` or `uint16` `(H, W, C)` images into a float batch `(B, C, H, W)`, 0..1."""
+    """Stack equal-shaped `uint8` or `uint16` `(H, W, C)` images into a float batch `(B, C, H, W)`, 0..1.
+
+    The batch is channels_last in memory (the decoded arrays' own layout, permuted without a copy):
+    what the convolutions want (`raeflow.models.precision`).
+    """
     top = float(np.iinfo(arrays[0].dtype).max)
     if arrays[0].dtype == np.uint8:
         batch = torch.from_numpy(np.stack(arrays))  # (B, H, W, C) uint8
     else:
         batch = torch.from_numpy(np.stack(arrays).astype(np.float32))  # torch has no uint16 maths
-    return batch.permute(0, 3, 1, 2).float().div_(top)  # (B, C, H, W)
+    # (B, C, H, W) view of NHWC memory; .float() keeps that layout
+    return batch.permute(0, 3, 1, 2).float().div_(top)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -63,27 +78,63 @@ def to_pixels(x: torch.Tensor, dtype: np.dtype) -> np.ndarray:
 class Predictor:
     """The base of every predictor: loads the bundle once; subclasses implement `__call__`.
 
-    Gives them the model on its device, its input contract, images grouped by shape
-    (`same_shape_groups`) and the result table (`result`: pass-through columns, `reason`, payload).
+    Gives them the model on its device in its precision (`run_model`: bf16 autocast where it pays,
+    channels_last, float32 out), its input contract, images grouped by shape (`same_shape_groups`)
+    and the result table (`result`: pass-through columns, `reason`, payload). `threads` sets
+    torch's CPU threads (the CPUs Ray reserved for the actor); `precision` is auto, bf16 or fp32.
     """
 
-    def __init__(self, bundle: str, *, device: str | None = None) -> None:
+    def __init__(
+        self,
+        bundle: str,
+        *,
+        device: str | None = None,
+        precision: str = "auto",
+        threads: int | None = None,
+    ) -> None:
+        if threads:
+            torch.set_num_threads(threads)
         self.device = pick_device(device)
         self.bundle = load_bundle(bundle)
-        self.model = self.bundle.model.to(self.device).eval()
-        contract = self.model.input_contract
+        contract = self.bundle.model.input_contract
         self.channels: int = contract["channels"]
         self.height = contract["height"]
         self.width = contract["width"]
         self.any_size = self.height == "any" or self.width == "any"
+        wanted = resolve_precision(precision, self.device)  # decided once, where the model runs
+        self.model = prepare_model(self.bundle.model.to(self.device).eval(), wanted)
+        self.precision: Precision = checked_precision(self.model, wanted, self._probe())
 
-    @staticmethod
-    def result(batch: pa.Table, reasons: list[str | None], payload: dict[str, pa.Array]) -> pa.Table:
-        """One output row per input row: the pass-through columns, `reason`, then `payload`."""
+    def _probe(self) -> torch.Tensor:
+        """A small input of the model's shape (for the bf16 check)."""
+        height = self.height if isinstance(self.height, int) else SIZE_MULTIPLE
+        width = self.width if isinstance(self.width, int) else SIZE_MULTIPLE
+        return torch.rand((2, self.channels, height, width), device=self.device)
+
+    def on_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A CPU batch on the model's device (on a GPU through pinned memory, without blocking)."""
+        if self.device.type != "cuda":
+            return x
+        return x.pin_memory().to(self.device, non_blocking=True)
+
+    def run_model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The model's forward on `x` `(B, C, H, W)` in this predictor's precision; float32 outputs."""
+        with self.precision.autocast():
+            out = self.model(as_model_input(x), y)
+        return {name: value.float() for name, value in out.items()}
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """`model.embed(x)` in this predictor's precision -> float32 `(B, D)`."""
+        with self.precision.autocast():
+            return self.model.embed(as_model_input(x)).float()
+
+    def result(self, batch: pa.Table, reasons: list[str | None], payload: dict[str, pa.Array]) -> pa.Table:
+        """One output row per input row: the pass-through columns, `reason`, then `payload`; the
+        schema's metadata says which precision computed it (`raeflow.precision`)."""
         columns = {name: batch.column(name) for name in PASS_THROUGH if name in batch.column_names}
         columns["reason"] = pa.array(reasons, pa.string())
         columns.update(payload)
-        return pa.table(columns)
+        return pa.table(columns, metadata={PRECISION_METADATA: self.precision.name})
 
     @staticmethod
     def same_shape_groups(arrays: list[np.ndarray | None]) -> list[tuple[list[int], list[np.ndarray]]]:
@@ -105,8 +156,16 @@ class EncodePredictor(Predictor):
     Output payload: `embedding`, `fixed_size_list<float32>[D]` (zeros on rejected rows).
     """
 
-    def __init__(self, bundle: str, *, image_size: tuple[int, int] | None = None, device: str | None = None):
-        super().__init__(bundle, device=device)
+    def __init__(
+        self,
+        bundle: str,
+        *,
+        image_size: tuple[int, int] | None = None,
+        device: str | None = None,
+        precision: str = "auto",
+        threads: int | None = None,
+    ):
+        super().__init__(bundle, device=device, precision=precision, threads=threads)
         self.dim = embedding_dim(self.model, self.channels, *(image_size or (self.height, self.width)))
 
     @torch.inference_mode()
@@ -114,8 +173,8 @@ class EncodePredictor(Predictor):
         arrays = pixels_of(batch)
         vectors = np.zeros((batch.num_rows, self.dim), dtype=np.float32)  # (N, D)
         for rows, group in self.same_shape_groups(arrays):
-            x = to_tensor(group).to(self.device)  # (B, C, H, W)
-            vectors[rows] = self.model.embed(x).float().cpu().numpy()  # (B, D)
+            x = self.on_device(to_tensor(group))  # (B, C, H, W)
+            vectors[rows] = self.embed(x).cpu().numpy()  # (B, D) float32 whatever the precision
         flat = pa.array(vectors.reshape(-1), pa.float32())
         reasons = batch.column("reason").to_pylist()
         return self.result(batch, reasons, {"embedding": pa.FixedSizeListArray.from_arrays(flat, self.dim)})
@@ -155,8 +214,10 @@ class DenoisePredictor(Predictor):
         max_pixels_per_pass: int = 1024 * 1024,
         jpeg_quality: int = 95,
         device: str | None = None,
+        precision: str = "auto",
+        threads: int | None = None,
     ) -> None:
-        super().__init__(bundle, device=device)
+        super().__init__(bundle, device=device, precision=precision, threads=threads)
         self.out_format = out_format
         self.resize = resize
         self.tile = tile
@@ -207,13 +268,13 @@ class DenoisePredictor(Predictor):
             side = self.tile or _default_tile(self.max_pixels_per_pass)
 
             def run_tiles(x: torch.Tensor) -> torch.Tensor:  # (n, C, t, t) on the CPU
-                return self._with_channels(x.to(self.device), self._padded_recon)
+                return self._with_channels(self.on_device(x), self._padded_recon)
 
             with self._one_noise_level(array):
                 return tiled_apply_uint8(
                     run_tiles, array, tile=side, overlap=self.tile_overlap, multiple=SIZE_MULTIPLE
                 )
-        x = to_tensor([array]).to(self.device)  # (1, C, H, W)
+        x = self.on_device(to_tensor([array]))  # (1, C, H, W)
         return to_pixels(self._with_channels(x, self._run)[0], array.dtype)
 
     @contextmanager
@@ -225,7 +286,7 @@ class DenoisePredictor(Predictor):
         if pin is None or getattr(self.model, "noise_guard", None) is None:
             yield
             return
-        sample = to_tensor([noise_sample(array)]).to(self.device)  # (1, C, h, w)
+        sample = self.on_device(to_tensor([noise_sample(array)]))  # (1, C, h, w)
         with ExitStack() as stack:
 
             def enter(x: torch.Tensor) -> torch.Tensor:  # x: the sample as the model will see images
@@ -264,7 +325,7 @@ class DenoisePredictor(Predictor):
         return F.interpolate(self._recon(small), size=(height, width), mode="bilinear")
 
     def _recon(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)["recon"].float()  # (B, C, H, W)
+        return self.run_model(x)["recon"]  # (B, C, H, W) float32: pixels are quantised from it
 
 
 def _default_tile(max_pixels: int) -> int:

@@ -267,6 +267,8 @@ def pipeline(job: BatchJob, pending: list[Shard]) -> Any:
             "writer": job.writer,
             "out": job.out.uri,
             "batch_size": job.run.batch_size,
+            "precision": job.run.precision,
+            "threads": None if job.run.gpu else max(1, int(job.run.worker_cpus)),  # one per reserved CPU
         },
         compute=predictor_pool(job.run, fused=fused),
         # One block per call (rows of one shard, sliced to batch_size for the model); Ray Data wants

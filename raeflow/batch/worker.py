@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import torch
 
 from raeflow.batch.manifest import REJECTED_DIR, REJECTED_SCHEMA
 from raeflow.batch.output import OutputDir
@@ -40,10 +41,14 @@ COMMIT_SCHEMA = pa.schema(
         ("node", pa.string()),
         ("key_hashes", pa.binary()),
         ("seconds", pa.float64()),
+        ("precision", pa.string()),
+        ("threads", pa.int64()),
     ]
 )
 """What a worker reports per piece written: `shard_rows` is the shard's row count when the piece
-holds the shard's last row (else null); `key_hashes` are 8 bytes per input row (collision check)."""
+holds the shard's last row (else null); `key_hashes` are 8 bytes per input row (collision check);
+`precision` is what the actor's model ran in (bf16 or fp32: actors on different nodes may differ),
+`threads` how many CPU threads torch used there."""
 
 
 def piece_stem(shard: int, first_row: int) -> str:
@@ -114,6 +119,8 @@ class PredictAndWrite:
     """One actor of the predictor pool: the predictor, then the writer, on each block it is given.
 
     Returns one `COMMIT_SCHEMA` row per piece. Ray-free apart from asking which node it runs on.
+    `precision` (auto, bf16, fp32) is resolved by the predictor on this actor's own device; `threads`
+    is how many CPU threads torch uses here (the CPUs Ray reserved for the actor).
     """
 
     def __init__(
@@ -123,8 +130,10 @@ class PredictAndWrite:
         writer: PartWriter,
         out: str,
         batch_size: int,
+        precision: str = "auto",
+        threads: int | None = None,
     ) -> None:
-        self.predict = predictor(**predictor_kwargs)
+        self.predict = predictor(**predictor_kwargs, precision=precision, threads=threads)
         self.writer = writer
         self.out = OutputDir(out)
         self.batch_size = batch_size
@@ -178,6 +187,8 @@ class PredictAndWrite:
             "node": self.node,
             "key_hashes": key_hashes(rows.column("key").to_pylist()),
             "seconds": round(time.monotonic() - started, 4),
+            "precision": self.predict.precision.name,
+            "threads": torch.get_num_threads(),
         }
 
 

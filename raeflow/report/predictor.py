@@ -53,8 +53,10 @@ class ReportPredictor(Predictor):
         worst_k: int = 16,
         map_size: int = 0,
         device: str | None = None,
+        precision: str = "auto",
+        threads: int | None = None,
     ) -> None:
-        super().__init__(bundle, device=device)
+        super().__init__(bundle, device=device, precision=precision, threads=threads)
         self.noise = parse_noise(noise)
         self.noisy = self.noise.spec != "none"
         self.keeper = SampleKeeper(gallery_size=gallery_size, worst_k=worst_k, map_size=map_size)
@@ -75,7 +77,7 @@ class ReportPredictor(Predictor):
 
         # Images of one shape run as one batch (fixed-size models: the whole batch).
         for rows, group in self.same_shape_groups(arrays):
-            clean = to_tensor(group).to(self.device)  # (B, C, H, W)
+            clean = self.on_device(to_tensor(group))  # (B, C, H, W)
             noisy = self._corrupt(clean, [keys[i] for i in rows])
             row_labels = [labels[i] for i in rows]
             y = None if None in row_labels else torch.tensor(row_labels, device=self.device)
@@ -117,7 +119,7 @@ class ReportPredictor(Predictor):
         """The model's output in [0, 1], same shape as `x`."""
 
         def recon(batch: torch.Tensor) -> torch.Tensor:
-            return self.model(batch, y)["recon"].float().clamp(0.0, 1.0)
+            return self.run_model(batch, y)["recon"].clamp(0.0, 1.0)  # float32: metrics stay exact
 
         if self.any_size:
             return padded_apply(recon, x, SIZE_MULTIPLE)
@@ -147,7 +149,7 @@ class ReportPredictor(Predictor):
             if self.embeds and self.keeper.map.offer(rank, None):
                 wanted_map.append(j)
         if wanted_map:
-            codes = self.model.embed(noisy[wanted_map]).float().cpu().numpy()  # (M, D)
+            codes = self.embed(noisy[wanted_map]).cpu().numpy()  # (M, D) float32
             for j, code in zip(wanted_map, codes, strict=True):
                 embeddings[rows[j]] = code.tolist()
                 map_pngs[rows[j]] = thumbnail_png(clean[j], side=MAP_SIDE)

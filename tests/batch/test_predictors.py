@@ -60,7 +60,8 @@ def test_encode_predictor_matches_the_model(conv_bundle, mnist_digits) -> None:
     digits, _ = mnist_digits
     datas = [images.encode_image(d[:, :, None], "png") for d in digits[:10]] + [b"junk"]
     decoded = decode_rows(source_rows(datas), DecodeSpec(channels=1, height=28, width=28))
-    out = EncodePredictor(conv_bundle)(decoded)
+    out = EncodePredictor(conv_bundle, precision="fp32")(decoded)
+    assert out.schema.metadata[b"raeflow.precision"] == b"fp32"
     assert out.num_rows == 11
     assert out.schema.field("embedding").type == pa.list_(pa.float32(), 196)
     assert out.column("reason").to_pylist()[-1].startswith("not_an_image")
@@ -78,7 +79,7 @@ def test_vae_embedding_is_the_posterior_mean(vae_bundle, mnist_digits) -> None:
         source_rows([images.encode_image(d[:, :, None], "png") for d in digits[:4]]),
         DecodeSpec(channels=1, height=28, width=28),
     )
-    predict = EncodePredictor(vae_bundle)
+    predict = EncodePredictor(vae_bundle, precision="fp32")
     first, second = predict(decoded), predict(decoded)
     a = np.stack(first.column("embedding").to_numpy(zero_copy_only=False))
     assert a.shape == (4, 6)
