@@ -7,12 +7,14 @@ A `TrainConfig` is plain data (JSON-serialisable through `to_dict`), validated i
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from raeflow.data.noise import parse_noise
 from raeflow.errors import ConfigError
+from raeflow.hardware import check_precision
 
 PLACEMENTS = ("pack", "spread", "strict_spread")
 """Ray placement strategies offered by `--placement` (lower-case names of Ray's own)."""
@@ -44,10 +46,13 @@ class TrainConfig:
     """Seed for weights, noise and shuffling."""
     workers: int = 1
     """Number of Ray Train workers (data-parallel replicas)."""
-    cpus_per_worker: float = 1.0
-    """CPUs each worker reserves (lower it on small machines to leave room for the decode tasks)."""
+    cpus_per_worker: float | None = None
+    """CPUs each worker reserves, and its torch threads; default: a local Ray's cores shared among
+    the workers, 1 on a cluster."""
     gpu: bool = False
-    """One GPU per worker (NCCL, bf16 autocast); CPU and gloo otherwise."""
+    """One GPU per worker (NCCL); CPU and gloo otherwise."""
+    precision: str = "auto"
+    """Model arithmetic: auto (bf16 where the CPU/GPU runs it natively, else fp32), bf16 or fp32."""
     model_args: dict[str, Any] = field(default_factory=dict)
     """Model arguments on top of the preset's, e.g. recon_loss=bce or latent_dim=32 (--model-arg K=V)."""
     denoise: str | None = None
@@ -92,9 +97,20 @@ class TrainConfig:
         """The name `create_model` receives: the preset if one was given, else the family."""
         return self.preset or self.model
 
+    def worker_cpus(self, *, local: bool) -> float:
+        """CPUs each worker reserves (and torch threads it runs): --cpus-per-worker, else on a private
+        local Ray the machine's cores shared among the workers, on a joined cluster 1."""
+        if self.cpus_per_worker:
+            return self.cpus_per_worker
+        if self.gpu or not local:
+            return 1.0
+        return float(max(1, (os.cpu_count() or 1) // self.workers))
+
     def local_cpus(self) -> int:
-        """CPUs of a private local Ray: each worker holds one, and at least two stay for the decode tasks."""
-        return max(os.cpu_count() or 1, self.workers + 2)
+        """CPUs of a private local Ray: the workers' share, and one more for the decode tasks (at
+        least the machine's cores; shard caches decode cheaply, so one extra slot keeps them fed)."""
+        held = math.ceil(self.workers * self.worker_cpus(local=True))
+        return max(os.cpu_count() or 1, held + 1)
 
     def validate(self) -> TrainConfig:
         """Raise `ConfigError` for values that cannot work; return self so calls chain."""
@@ -115,7 +131,8 @@ class TrainConfig:
             )
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
-        if self.cpus_per_worker <= 0:
+        check_precision(self.precision)
+        if self.cpus_per_worker is not None and self.cpus_per_worker <= 0:
             raise ConfigError(f"--cpus-per-worker must be positive, got {self.cpus_per_worker}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")

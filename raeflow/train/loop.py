@@ -7,7 +7,8 @@ with PyTorch only (its command line is `python -m raeflow.train.plain`). This mo
 neither of them.
 
 Per epoch: train on the worker's share of the training split (Adam, cosine learning rate, bf16
-autocast on GPU, noisy input and clean target with --denoise), validate on its share of the held-out
+autocast where the device runs it natively (`--precision`), channels_last for convolutional models,
+noisy input and clean target with --denoise), validate on its share of the held-out
 split, sum the metrics over workers, checkpoint (rank 0 writes a bundle; all ranks report), then
 rank 0 appends to metrics.jsonl and writes the epoch's image grid (and, at the global steps of
 --grid-steps, a grid of the training batch). At the end rank 0 writes the final bundle to
@@ -29,7 +30,15 @@ import torch
 import torch.distributed as dist
 
 from raeflow.data.noise import Noise, parse_noise
+from raeflow.hardware import cpu_description
 from raeflow.models import create_model, save_bundle
+from raeflow.models.precision import (
+    Precision,
+    as_model_input,
+    checked_precision,
+    prepare_model,
+    resolve_precision,
+)
 from raeflow.report.metrics import image_metrics
 from raeflow.train.checkpoints import TrainerState, read_checkpoint, write_checkpoint
 from raeflow.train.config import TrainConfig
@@ -141,17 +150,32 @@ def _maybe_fail_for_test(rank: int, step: int) -> None:
 
 
 def _as_images(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch tensors on the device: images float (N, C, H, W) in [0, 1], labels int64 (N,)."""
-    images = torch.as_tensor(batch["image"]).to(device, non_blocking=True)
+    """Batch tensors on the device: images float (N, C, H, W) in [0, 1], channels_last in memory
+    (converted while still uint8, a quarter of the bytes), labels int64 (N,)."""
+    images = as_model_input(torch.as_tensor(batch["image"]))
+    if device.type == "cuda":
+        images = images.pin_memory()
+    images = images.to(device, non_blocking=True)
     labels = torch.as_tensor(batch["label"]).to(device, non_blocking=True).long()
     return images.float().div_(255.0), labels
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    # bf16 on GPU only: CPU autocast would slow the small convolutions down.
+def worker_threads(cpus: float | None) -> int | None:
+    """Torch CPU threads for a worker that reserved `cpus` CPUs: one per whole CPU (None: leave as is)."""
+    return max(1, int(cpus)) if cpus else None
+
+
+def _probe_size(config: TrainConfig, plan: RunPlan) -> tuple[int, int]:
+    """A small input size the model takes (a patch, or the training size), for the bf16 check."""
+    if config.patch_size:
+        return config.patch_size, config.patch_size
+    return plan.height, plan.width
+
+
+def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        return torch.cuda.get_device_name(device)
+    return "cpu"
 
 
 class EpochRunner:
@@ -160,7 +184,12 @@ class EpochRunner:
     def __init__(self, config: TrainConfig, plan: RunPlan, runtime: WorkerRuntime):
         self.config, self.plan, self.runtime = config, plan, runtime
         torch.manual_seed(config.seed)  # same initial weights on every rank (DDP also broadcasts)
-        self.model = create_model(plan.model_name, **plan.model_args).to(runtime.device)
+        wanted = resolve_precision(config.precision, runtime.device)  # decided here, where it runs
+        model = create_model(plan.model_name, **plan.model_args).to(runtime.device)
+        self.model = prepare_model(model, wanted)
+        probe = torch.zeros((2, plan.channels, *_probe_size(config, plan)), device=runtime.device)
+        self.precision: Precision = checked_precision(self.model.eval(), wanted, probe)
+        self.model.train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.noise: Noise | None = parse_noise(config.denoise) if config.denoise else None
         self.state = TrainerState(epochs_done=0, step=0)
@@ -187,9 +216,9 @@ class EpochRunner:
         for batch in self.runtime.batches("train", epoch):
             clean, labels = _as_images(batch, self.runtime.device)  # (N, C, H, W)
             inputs = self.noise(clean, generator=noise_rng) if self.noise else clean
-            with _autocast(self.runtime.device):
+            with self.precision.autocast():
                 out = self.trained(inputs, labels)
-            out = {name: value.float() for name, value in out.items()}
+            out = {name: value.float() for name, value in out.items()}  # losses and KL in float32
             losses = self.model.loss(clean, out, labels)
             self.optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
@@ -214,9 +243,9 @@ class EpochRunner:
         for batch in self.runtime.batches("val", 0):
             clean, labels = _as_images(batch, self.runtime.device)
             inputs = self.noise(clean, generator=noise_rng) if self.noise else clean
-            with _autocast(self.runtime.device):
+            with self.precision.autocast():
                 out = self.model(inputs, labels)
-            out = {name: value.float() for name, value in out.items()}
+            out = {name: value.float() for name, value in out.items()}  # metrics in float32
             recon = out["recon"].clamp(0, 1)
             scores = image_metrics(clean, recon)  # each (N,)
             sums["loss"] += float(self.model.loss(clean, out, labels)["loss"]) * len(clean)
@@ -265,6 +294,10 @@ class EpochRunner:
             "batch_size": self.config.batch_size,
             "limit": self.config.limit,
             "val_fraction": self.config.val_fraction,
+            "precision": self.precision.name,
+            "cpu": cpu_description(),
+            "device": _device_name(self.runtime.device),
+            "threads": torch.get_num_threads(),
         }
 
 

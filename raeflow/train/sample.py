@@ -25,6 +25,7 @@ from raeflow.data.sources import open_source
 from raeflow.errors import ConfigError
 from raeflow.models import load_bundle
 from raeflow.models.base import Autoencoder
+from raeflow.models.precision import prepare_model, resolve_precision
 from raeflow.train.grids import write_grid
 
 PER_LABEL_IMAGES = 256
@@ -45,6 +46,8 @@ class SampleSummary:
     """Rows of the grid (one per label when drawing per label)."""
     labels: list[int] = field(default_factory=list)
     """The label of each row, top to bottom, when drawing per label (empty otherwise)."""
+    precision: str = "fp32"
+    """What the model ran in: bf16 or fp32."""
 
 
 @dataclass
@@ -68,9 +71,10 @@ def sample_grid(
     seed: int = 0,
     data: str | None = None,
     per_label_images: int = PER_LABEL_IMAGES,
+    precision: str = "auto",
 ) -> SampleSummary:
     """Draw `n` images from the bundle (per label for a CVAE, or for a VAE given labelled `data`)
-    and write them as a grid PNG."""
+    and write them as a grid PNG; `precision` (auto, bf16, fp32) as for every command."""
     if n < 1:
         raise ConfigError(f"--n must be at least 1, got {n}")
     if not out.lower().endswith(".png"):
@@ -98,7 +102,9 @@ def sample_grid(
         )
     generator = torch.Generator().manual_seed(seed)
     labels: list[int] = []
-    with torch.no_grad():
+    used = resolve_precision(precision, torch.device("cpu"))
+    model = prepare_model(model, used)
+    with torch.no_grad(), used.autocast():
         if data is not None:
             codes = label_codes(model, data, per_label_images=per_label_images)
             if label is not None and label not in codes.mean:
@@ -119,8 +125,11 @@ def sample_grid(
         else:
             y = torch.full((n,), label, dtype=torch.long) if label is not None else None
             rows = _square(model.sample(n, y=y, generator=generator))  # (n, C, H, W) in rows
+    rows = [row.float() for row in rows]  # (n, C, H, W) float32 pixels whatever the precision
     write_grid(rows, out)
-    return SampleSummary(out=out, num_images=sum(len(row) for row in rows), rows=len(rows), labels=labels)
+    return SampleSummary(
+        out=out, num_images=sum(len(row) for row in rows), rows=len(rows), labels=labels, precision=used.name
+    )
 
 
 def _square(drawn: torch.Tensor) -> list[torch.Tensor]:
@@ -189,8 +198,8 @@ def label_codes(model: Autoencoder, data: str, *, per_label_images: int = PER_LA
     for image_label, arrays in sorted(pixels.items()):
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0  # (N, C, H, W)
         outs = [model(x[start : start + 64]) for start in range(0, len(x), 64)]
-        mu = torch.cat([o["mu"] for o in outs])  # (N, latent_dim)
-        var = torch.cat([o["logvar"] for o in outs]).exp()  # (N, latent_dim)
+        mu = torch.cat([o["mu"].float() for o in outs])  # (N, latent_dim), float32 statistics
+        var = torch.cat([o["logvar"].float() for o in outs]).exp()  # (N, latent_dim)
         mean[image_label] = mu.mean(dim=0)
         std[image_label] = (mu.var(dim=0, unbiased=False) + var.mean(dim=0)).sqrt()
         counts[image_label] = len(arrays)

@@ -34,7 +34,7 @@ from ray.data import ExecutionOptions
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 
 from raeflow import console
-from raeflow.connection import connect_ray, require_gpus
+from raeflow.connection import connect_ray, require_gpus, resolve_address
 from raeflow.data.dataset import read_dataset
 from raeflow.data.sources import open_source
 from raeflow.errors import ConfigError, JobError
@@ -49,6 +49,7 @@ from raeflow.train.loop import (
     FAIL_MARKER_ENV,
     load_initial_weights,
     train_worker,
+    worker_threads,
     worse_than_input,
 )
 from raeflow.train.metrics_log import MetricsLog, format_epoch
@@ -121,8 +122,11 @@ class RayRuntime:
 
 
 def _train_fn_per_worker(loop_config: dict[str, Any]) -> None:
-    """Entry point of every Ray Train worker."""
+    """Entry point of every Ray Train worker: torch runs one thread per CPU the worker reserved."""
     config: TrainConfig = loop_config["config"]
+    threads = worker_threads(loop_config.get("cpus"))
+    if threads and not config.gpu:
+        torch.set_num_threads(threads)
     train_worker(config, loop_config["plan"], RayRuntime(config))
 
 
@@ -296,13 +300,14 @@ def run_training(config: TrainConfig, echo=print) -> TrainSummary:
     _connect(config)
     storage_path, storage_fs = _storage(config.out)
     test_env = {name: os.environ[name] for name in (FAIL_AT_ENV, FAIL_MARKER_ENV) if name in os.environ}
+    cpus = config.worker_cpus(local=resolve_address(config.address) is None)
     trainer = ray.train.torch.TorchTrainer(
         _train_fn_per_worker,
-        train_loop_config={"config": config, "plan": plan},
+        train_loop_config={"config": config, "plan": plan, "cpus": cpus},
         scaling_config=ScalingConfig(
             num_workers=config.workers,
             use_gpu=config.gpu,
-            resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if config.gpu else {})},
+            resources_per_worker={"CPU": cpus, **({"GPU": 1} if config.gpu else {})},
             placement_strategy=config.placement.upper(),
         ),
         run_config=RunConfig(
