@@ -136,9 +136,11 @@ def repeated_tars(corpus: Path, copies: int) -> Path:
     return out
 
 
-def megapixel_photos(num_photos: int, *, seed: int = 1) -> Path:
-    """`bench-out/photos-mp-<n>/`: JPEG photos of 1 to 4 megapixels (scaled-up crops, cached)."""
-    root = BENCH_OUT / f"photos-mp-{num_photos}"
+def megapixel_photos(num_photos: int, *, seed: int = 1, smallest: float = 1.0, largest: float = 4.0) -> Path:
+    """`bench-out/photos-mp-<n>[-<smallest>-<largest>]/`: JPEG photos of `smallest` to `largest`
+    megapixels (scaled crops, cached)."""
+    suffix = "" if (smallest, largest) == (1.0, 4.0) else f"-{smallest:g}-{largest:g}"
+    root = BENCH_OUT / f"photos-mp-{num_photos}{suffix}"
     if (root / "_done").exists():
         return root
     colour, _ = source_photos(quiet=True)
@@ -146,7 +148,7 @@ def megapixel_photos(num_photos: int, *, seed: int = 1) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for i in range(num_photos):
         source = colour[i % len(colour)]
-        megapixels = rng.uniform(1.0, 4.0)
+        megapixels = rng.uniform(smallest, largest)
         aspect = rng.choice([4 / 3, 3 / 2, 3 / 4])
         width = int((megapixels * 1e6 * aspect) ** 0.5)
         height = int(megapixels * 1e6 / width)

@@ -25,7 +25,9 @@ reaped by this process) is shown beside its wall time: images per CPU-second com
 approaches fairly when other work shares the machine, which wall-clock images/s cannot.
 The driver's peak memory (resident and private) is sampled from /proc while each raeflow run goes;
 `--memory-scale` runs raeflow on 10,000 and 100,000 images (the tars repeated under new keys).
-Then `raeflow denoise` of 1-4 megapixel JPEG photos with `unet_rgb` against a hand-written loop.
+Then `raeflow denoise` of 48 JPEG photos of 0.3-4 megapixels with the shipped `builtin:denoise-rgb`
+against a hand-written float32 loop over the same files (whole image per pass), and how far apart
+their outputs are (PSNR of one against the other).
 """
 
 from __future__ import annotations
@@ -357,30 +359,56 @@ def memory_scale(args: argparse.Namespace, bundle: str, work: Path) -> None:
 
 
 def denoise_rows(args: argparse.Namespace, work: Path) -> None:
-    photos = megapixel_photos(args.denoise_photos)
-    bundle = save_bundle(create_model("unet_rgb"), str(work / "unet_rgb"))
-    pixels = sum(Image.open(p).size[0] * Image.open(p).size[1] for p in photos.glob("*.jpg"))
-    print(f"\ndenoise {args.denoise_photos} JPEG photos ({pixels / 1e6:.1f} megapixels in all) with unet_rgb")
+    photos = megapixel_photos(args.denoise_photos, smallest=0.3, largest=4.0)
+    bundle = args.denoise_model
+    sizes = [Image.open(p).size for p in sorted(photos.glob("*.jpg"))]
+    pixels = sum(w * h for w, h in sizes)
+    print(
+        f"\ndenoise {len(sizes)} JPEG photos of {min(w * h for w, h in sizes) / 1e6:.1f}-"
+        f"{max(w * h for w, h in sizes) / 1e6:.1f} megapixels ({pixels / 1e6:.1f} in all) with {bundle}"
+    )
+    runs = {}
     for label, command in (
         ("raeflow denoise", [sys.executable, "-m", "raeflow.cli", "denoise", "--data", str(photos),
                              "--model", bundle, "--out", str(work / "dn-a"), "--quiet"]),
-        ("hand-written loop", handwritten("denoise", photos, bundle, work / "dn-b")),
+        ("hand-written fp32 loop", handwritten("denoise", photos, bundle, work / "dn-b")),
     ):  # fmt: skip
         out = Path(command[command.index("--out") + 1])
         run = timed(label, command, out)
-        written = len(list(out.glob("*.jpg")))
+        runs[label] = run
+        written = len(list(out.rglob("*.jpg")))
         print(
-            f"{label:<20} {run['seconds']:>7.1f}s {pixels / 1e6 / run['seconds']:>6.2f} MP/s "
+            f"{label:<24} {run['seconds']:>7.1f}s {pixels / 1e6 / run['seconds']:>6.2f} MP/s "
             f"{written} files, {run['cpu']:.0f} CPU-s, driver RSS {run['rss'] / 2**20:,.0f} MiB "
             f"({load_line()})",
             flush=True,
         )
+    ratio = runs["hand-written fp32 loop"]["seconds"] / runs["raeflow denoise"]["seconds"]
+    print(f"raeflow / hand-written fp32 loop: {ratio:.2f}x")
+    print(f"agreement of the outputs: {_output_agreement(work / 'dn-a', work / 'dn-b')}")
+
+
+def _output_agreement(ours: Path, theirs: Path) -> str:
+    """PSNR of raeflow's denoised photos against the hand-written loop's (same model, JPEG q95 both)."""
+    values = []
+    for path in sorted(theirs.glob("*.jpg")):
+        match = next(iter(sorted(ours.rglob(path.name))), None)
+        if match is None:
+            return f"{path.name} missing from raeflow's output"
+        a = np.asarray(Image.open(match).convert("RGB"), np.float64)
+        b = np.asarray(Image.open(path).convert("RGB"), np.float64)
+        mse = float(np.mean((a - b) ** 2))
+        values.append(100.0 if mse == 0 else 10 * np.log10(255.0**2 / mse))
+    return (
+        f"PSNR min {min(values):.1f} dB, median {float(np.median(values)):.1f} dB over {len(values)} photos"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-images", type=int, default=5000, help="photos in the corpus")
-    parser.add_argument("--denoise-photos", type=int, default=4, help="1-4 megapixel photos to denoise")
+    parser.add_argument("--denoise-photos", type=int, default=48, help="0.3-4 megapixel photos to denoise")
+    parser.add_argument("--denoise-model", default="builtin:denoise-rgb", help="the denoise rows' bundle")
     parser.add_argument("--skip-denoise", action="store_true")
     parser.add_argument("--skip-embed", action="store_true", help="skip the 4-row embed table")
     parser.add_argument("--memory-scale", action="store_true", help="driver memory at 10k and 100k images")
