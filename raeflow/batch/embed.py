@@ -5,8 +5,10 @@
 Each `part-SSSSS-RRRRRR.parquet` (shard SSSSS, from its row RRRRRR; sorted names give the input
 order) is written by the predictor actor that computed it and has the columns `key`, `source`,
 `embedding` (plain Arrow `fixed_size_list<float32>[D]`) and, where the source has labels, `label`;
-its file metadata carries `raeflow.model` (the bundle's fingerprint), `raeflow.version` and, where
-the source names its classes (class folders), `raeflow.labels` (JSON: label id -> class name).
+its file metadata carries `raeflow.model` (the bundle's fingerprint), `raeflow.version`,
+`raeflow.precision` (bf16 or fp32: what the actor that wrote the part computed it in; actors on
+different nodes may differ) and, where the source names its classes (class folders),
+`raeflow.labels` (JSON: label id -> class name).
 """
 
 from __future__ import annotations
@@ -56,6 +58,13 @@ def labels_json(label_names: list[str]) -> str:
     return json.dumps({str(i): name for i, name in enumerate(label_names)}, ensure_ascii=False)
 
 
+def part_metadata(schema: pa.Schema, rows: pa.Table) -> dict[bytes, bytes]:
+    """The file metadata of one part: the table's own (model, version, labels) and the `raeflow.*`
+    keys of the predictor's result, e.g. `raeflow.precision` (the precision this actor computed in)."""
+    computed = {k: v for k, v in (rows.schema.metadata or {}).items() if k.startswith(b"raeflow.")}
+    return {**computed, **(schema.metadata or {})}
+
+
 class EmbeddingWriter(PartWriter):
     """Writes each piece's embeddings as `part-SSSSS-RRRRRR.parquet`, in one atomic put, from the actor."""
 
@@ -69,7 +78,7 @@ class EmbeddingWriter(PartWriter):
         self, out: OutputDir, shard: int, first_row: int, rows: pa.Table
     ) -> tuple[list[str], int, pa.Table | None]:
         table = rows.select(self.schema.names).cast(self.schema)
-        data = parquet_bytes(table.replace_schema_metadata(self.schema.metadata))
+        data = parquet_bytes(table.replace_schema_metadata(part_metadata(self.schema, rows)))
         name = f"part-{piece_stem(shard, first_row)}.parquet"
         out.put(name, data)
         return [name], len(data), None

@@ -1,0 +1,60 @@
+"""What a batch job says about how its model ran: the precision in the embedding table's file
+metadata, and torch threads per predictor actor (one per CPU it reserved) in the commit records."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from raeflow.batch.config import EmbedConfig, RunOptions
+from raeflow.batch.embed import embed_job, run_embed
+from raeflow.batch.runner import pipeline
+from raeflow.hardware import cpu_has_native_bf16
+from tests.batch.inputs import write_digit_parquet
+
+AUTO = "bf16" if cpu_has_native_bf16() else "fp32"
+"""What --precision auto runs in on this machine's CPU (where the test's actors run)."""
+
+
+def _precision_of(part) -> str:
+    return pq.read_metadata(part).metadata[b"raeflow.precision"].decode()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(("precision", "expected"), [("fp32", "fp32"), ("auto", AUTO)])
+def test_embedding_parts_say_which_precision_computed_them(
+    ray_session, tmp_path, conv_bundle, mnist_digits, precision, expected
+) -> None:
+    digits, labels = mnist_digits
+    write_digit_parquet(str(tmp_path / "in"), digits, labels, files=2, rows=12)
+    out = tmp_path / "emb"
+    run = RunOptions(precision=precision, quiet=True)
+    summary = run_embed(EmbedConfig(data=str(tmp_path / "in"), model=conv_bundle, out=str(out), run=run))
+    assert summary.images_out == 24
+    parts = sorted(out.glob("part-*.parquet"))
+    assert len(parts) == 2
+    for part in parts:
+        assert _precision_of(part) == expected
+        metadata = pq.read_metadata(part).metadata
+        assert {b"raeflow.model", b"raeflow.version"} <= set(metadata)  # the table's own keys stay
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("cpus", [1, 2])
+def test_a_predictor_actor_runs_one_torch_thread_per_cpu_it_reserved(
+    ray_session, tmp_path, conv_bundle, mnist_digits, cpus
+) -> None:
+    import ray
+
+    assert ray.cluster_resources()["CPU"] == 2  # the shared session: an actor of 2 CPUs takes the node
+    digits, labels = mnist_digits
+    write_digit_parquet(str(tmp_path / "in"), digits, labels, files=1, rows=12)
+    run = RunOptions(worker_cpus=cpus)
+    config = EmbedConfig(data=str(tmp_path / "in"), model=conv_bundle, out=str(tmp_path / "emb"), run=run)
+    job = embed_job(config)
+    records = pipeline(job, job.source.list_shards()).take_all()  # the commit records the driver gets
+    assert sum(r["rows_out"] for r in records) == 12
+    assert {r["threads"] for r in records} == {cpus}
+    assert {r["precision"] for r in records} == {AUTO}
+    written = {name for r in records for name in r["files"]}
+    assert {_precision_of(tmp_path / "emb" / name) for name in written} == {AUTO}
