@@ -1,7 +1,8 @@
 """CLI commands of the train area: `raeflow train` (Ray Train) and `raeflow sample` (VAE prior grids).
 
-Options only parse and build a `TrainConfig`; the work happens in `raeflow.train.trainer`. Help
-texts are the config fields' docstrings, so they cannot drift apart.
+Options only parse and build a `TrainConfig` (a `SampleSettings`); the work happens in
+`raeflow.train.trainer` (`raeflow.train.sample`). Help texts are the settings fields' docstrings,
+so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from raeflow.commands.options import OptionSpec, console_options, settings_from,
 from raeflow.connection import check_reachable
 from raeflow.data.sources.object_store import probe
 from raeflow.train.config import PLACEMENTS, TrainConfig, parse_model_args, parse_steps
+from raeflow.train.sample import SampleSettings
 
 TRAIN_SPECS: dict[str, OptionSpec] = {
     "data": OptionSpec(metavar="URI"),
@@ -85,31 +87,45 @@ def train_command(**options) -> None:
         click.echo(summary.warning)
 
 
+SAMPLE_SPECS: dict[str, OptionSpec] = {
+    "model": OptionSpec(metavar="BUNDLE"),
+    "out": OptionSpec(metavar="FILE.png"),
+    "label": OptionSpec(metavar="L"),
+    "seed": OptionSpec(kwargs={"show_default": True}),
+    "data": OptionSpec(metavar="URI"),
+}
+"""How sample's generated options differ from `--field-name`."""
+
+
 @click.command("sample")
-@click.option(
-    "--model", "bundle", required=True, metavar="BUNDLE", help="Bundle folder of a vae or cvae model."
-)
-@click.option(
-    "--out", required=True, metavar="FILE.png", help="Where to write the grid PNG (local or bucket)."
-)
-@click.option("--n", default=64, show_default=True, help="Number of images to draw.")
-@click.option(
-    "--label", type=int, default=None, help="Draw only this label (cvae); default one row per label."
-)
-@click.option("--seed", default=0, show_default=True, help="Seed of the prior draws.")
-@click.option(
-    "--data",
-    default=None,
-    metavar="URI",
-    help="Labelled images: a plain VAE then draws each label's row from that label's codes.",
-)
-def sample_command(bundle: str, out: str, n: int, label: int | None, seed: int, data: str | None) -> None:
-    """Draw images from a VAE's prior (a CVAE's per label) into one grid PNG."""
+@settings_options(SampleSettings, specs=SAMPLE_SPECS)
+def sample_command(**options) -> None:
+    """Draw images from a VAE's prior (a CVAE's per label) into one grid PNG.
+
+    \b
+    Examples:
+      raeflow sample --model runs/vae/model --out samples.png --n 64
+      raeflow sample --model runs/cvae/model --out sevens.png --label 7 --precision fp32
+    """
     from raeflow.train.sample import sample_grid
 
-    summary = sample_grid(bundle, out, n=n, label=label, seed=seed, data=data)
+    settings = settings_from(SampleSettings, options).validate()
+    summary = sample_grid(
+        settings.model,
+        settings.out,
+        n=settings.n,
+        label=settings.label,
+        seed=settings.seed,
+        data=settings.data,
+        precision=settings.precision,
+    )
+    if summary.note:
+        click.echo(summary.note)
     labels = f" (labels {', '.join(map(str, summary.labels))})" if summary.labels else ""
-    click.echo(f"wrote {summary.num_images} samples in {summary.rows} rows{labels} to {summary.out}")
+    click.echo(
+        f"wrote {summary.num_images} samples in {summary.rows} rows{labels} to {summary.out} "
+        f"(model in {summary.precision})"
+    )
 
 
 COMMANDS: list[click.Command] = [train_command, sample_command]

@@ -9,29 +9,62 @@ A conditional model (cvae) draws each label from its own prior: without `--label
 label. An unconditional VAE knows no labels, so drawing "per label" needs labelled images: with
 `--data` each label's row is drawn from a Gaussian fitted to that label's codes (the mean and
 spread of the posteriors of up to `per_label_images` images of the label), decoded by the model,
-which is how the VAE's latent space holds each class. Ray-free.
+which is how the VAE's latent space holds each class. `--precision` as for every model-running
+command. Ray-free; torch is imported only to draw, so the CLI builds its options from
+`SampleSettings` without it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from raeflow.data import images
 from raeflow.data.sources import open_source
 from raeflow.errors import ConfigError
-from raeflow.models import load_bundle
-from raeflow.models.base import Autoencoder
-from raeflow.models.precision import prepare_model, resolve_precision
-from raeflow.train.grids import write_grid
+from raeflow.hardware import check_precision
+
+if TYPE_CHECKING:  # torch is imported where the drawing happens: the CLI builds its options from here
+    import torch
+
+    from raeflow.models.base import Autoencoder
 
 PER_LABEL_IMAGES = 256
 """Images of each label whose codes fit that label's Gaussian (with --data)."""
 MAX_IMAGES_READ = 50_000
 """Most images read from --data while looking for every label's images."""
+
+
+@dataclass
+class SampleSettings:
+    """`raeflow sample`: what to draw from which generative bundle, and where the grid goes."""
+
+    model: str
+    """Bundle folder of a vae or cvae model."""
+    out: str
+    """Where to write the grid PNG (local or bucket)."""
+    n: int = 64
+    """Number of images to draw."""
+    label: int | None = None
+    """Draw only this label (cvae, or a vae with --data); default one row per label."""
+    seed: int = 0
+    """Seed of the prior draws."""
+    data: str | None = None
+    """Labelled images: a plain VAE then draws each label's row from that label's codes."""
+    precision: str = "auto"
+    """Model arithmetic: auto (bf16 where the CPU runs it natively, else fp32), bf16 or fp32."""
+
+    def validate(self) -> SampleSettings:
+        """Raise `ConfigError` for values that cannot work (before the bundle is loaded); return self."""
+        if self.n < 1:
+            raise ConfigError(f"--n must be at least 1, got {self.n}")
+        if not self.out.lower().endswith(".png"):
+            raise ConfigError(f"--out must name a .png file, got {self.out!r}")
+        check_precision(self.precision)
+        return self
 
 
 @dataclass
@@ -48,6 +81,8 @@ class SampleSummary:
     """The label of each row, top to bottom, when drawing per label (empty otherwise)."""
     precision: str = "fp32"
     """What the model ran in: bf16 or fp32."""
+    note: str | None = None
+    """One line about the precision, when it is not what was asked or slower than it could be."""
 
 
 @dataclass
@@ -75,10 +110,13 @@ def sample_grid(
 ) -> SampleSummary:
     """Draw `n` images from the bundle (per label for a CVAE, or for a VAE given labelled `data`)
     and write them as a grid PNG; `precision` (auto, bf16, fp32) as for every command."""
-    if n < 1:
-        raise ConfigError(f"--n must be at least 1, got {n}")
-    if not out.lower().endswith(".png"):
-        raise ConfigError(f"--out must name a .png file, got {out!r}")
+    import torch
+
+    from raeflow.models import load_bundle
+    from raeflow.models.precision import checked_precision, prepare_model, resolve_precision
+    from raeflow.train.grids import write_grid
+
+    SampleSettings(bundle_uri, out, n=n, label=label, seed=seed, data=data, precision=precision).validate()
     bundle = load_bundle(bundle_uri)
     model = bundle.model
     if not model.generative:
@@ -102,8 +140,11 @@ def sample_grid(
         )
     generator = torch.Generator().manual_seed(seed)
     labels: list[int] = []
-    used = resolve_precision(precision, torch.device("cpu"))
-    model = prepare_model(model, used)
+    wanted = resolve_precision(precision, torch.device("cpu"))
+    model = prepare_model(model, wanted)
+    contract = model.input_contract  # generative models are fixed-size
+    probe = torch.zeros((2, contract["channels"], contract["height"], contract["width"]))  # (2, C, H, W)
+    used = checked_precision(model, wanted, probe)  # float32, with a note, where bf16 fails
     with torch.no_grad(), used.autocast():
         if data is not None:
             codes = label_codes(model, data, per_label_images=per_label_images)
@@ -128,7 +169,12 @@ def sample_grid(
     rows = [row.float() for row in rows]  # (n, C, H, W) float32 pixels whatever the precision
     write_grid(rows, out)
     return SampleSummary(
-        out=out, num_images=sum(len(row) for row in rows), rows=len(rows), labels=labels, precision=used.name
+        out=out,
+        num_images=sum(len(row) for row in rows),
+        rows=len(rows),
+        labels=labels,
+        precision=used.name,
+        note=used.note,
     )
 
 
@@ -142,6 +188,8 @@ def _draw_from(
     model: Autoencoder, codes: LabelCodes, label: int, count: int, generator: torch.Generator
 ) -> torch.Tensor:
     """`count` images decoded from codes drawn from `label`'s Gaussian: `(count, C, H, W)`."""
+    import torch
+
     mean, std = codes.mean[label], codes.std[label]
     z = mean + std * torch.randn((count, mean.numel()), generator=generator)  # (count, latent_dim)
     return model.decode(z).clamp(0.0, 1.0)
@@ -155,6 +203,8 @@ def label_codes(model: Autoencoder, data: str, *, per_label_images: int = PER_LA
     The spread adds the posteriors' own variance to the variance of their means, so a label's
     draws cover what the encoder assigns to it.
     """
+    import torch
+
     contract = model.input_contract
     if "any" in (contract["height"], contract["width"]):
         raise ConfigError("drawing per label needs a fixed-size VAE")
