@@ -6,7 +6,8 @@ For profiling the loop where PyTorch is installed but Ray is not (a GPU box), an
 
 Batches are read straight from the source (`Source.read_shard`) and decoded in this process;
 checkpoints go to `<out>/checkpoints/checkpoint-epoch-NNNN/` (the layout Ray Train runs use) and
-the newest is resumed from when the command is run again.
+the newest is resumed from when the command is run again; images that cannot be used are listed
+in `<out>/_rejected/rejected.parquet` (`raeflow.train.rejected`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from raeflow.train.config import TrainConfig, parse_image_size, parse_model_args
 from raeflow.train.loop import train_worker, worse_than_input
 from raeflow.train.metrics_log import format_epoch
 from raeflow.train.plan import RunPlan, plan_run
+from raeflow.train.rejected import collect_rejected
 
 
 class PlainRuntime:
@@ -64,6 +66,7 @@ class PlainRuntime:
             patches=self.config.patches_per_image,
             augment=self.config.augment,
             seed=self.config.seed * 7919 + epoch,
+            rejected_out=self.config.out,  # bad images listed in <out>/_rejected/, as Ray Train runs do
         )
         seed = self.config.seed * 7919 + epoch if split == "train" else None
         for batch in iter_plain_batches(
@@ -114,13 +117,21 @@ class PlainRuntime:
 
 
 def run_plain(config: TrainConfig, *, quiet: bool = False) -> dict[str, Any]:
-    """Train (or continue training) in this process; returns the last epoch's record."""
+    """Train (or continue training) in this process; returns the last epoch's record.
+
+    The images it could not use end up in `<out>/_rejected/rejected.parquet` (each once, however
+    many epochs met them), and unless `quiet` their count is printed in the Ray trainer's words.
+    """
     config.validate()
     source = open_source(
         config.data, config.format, image_column=config.image_column, storage_options=config.storage_options
     )
     plan = plan_run(config, source)
-    return train_worker(config, plan, PlainRuntime(config, plan, quiet=quiet))
+    record = train_worker(config, plan, PlainRuntime(config, plan, quiet=quiet))
+    rejected = collect_rejected(config.out)  # merges the per-batch pieces the decode step wrote
+    if rejected.line() and not quiet:
+        print(rejected.line(), flush=True)
+    return record
 
 
 def _parser() -> argparse.ArgumentParser:
