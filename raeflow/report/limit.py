@@ -2,8 +2,9 @@
 
 Shard sizes are not known for every kind (a WebDataset tar must be read to count its members),
 so the driver counts the first shards by reading them, stopping as soon as N rows are counted:
-it reads at most N images, once, before the job reads them again. Shards keep their index and
-name, so manifests and part files line up with an unlimited run's.
+it reads at most N images, once, before the job reads them again. Those counts are also the
+progress display's total (`count_rows`). Shards keep their index and name, so manifests and part
+files line up with an unlimited run's.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ class LimitedSource(Source):
             remaining -= min(table.num_rows, remaining)
             if remaining <= 0:
                 return
+
+    def count_rows(self, shards: list[Shard]) -> list[int | None]:
+        """The rows each shard keeps: its quota, counted when the shards were listed (at most
+        `limit` in all, and no more than the inner shard holds), so the total is always known,
+        even where the inner source cannot count its shards without reading them."""
+        return [int(shard.extra.get(QUOTA, 0)) for shard in shards]  # read_shard yields exactly these
 
     def describe(self) -> str:
         """One line for logs and summaries."""
