@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -43,6 +45,33 @@ class JobSummary:
     """Keys that occur more than once in the input (keys should be unique; outputs share such keys)."""
     collision_shards: list[list[str]] = field(default_factory=list)
     """Some groups of input shards that share keys (names), to look at."""
+    precision: dict[str, int] = field(default_factory=dict)
+    """How many nodes ran the model in each precision (`{"bf16": 3, "fp32": 1}`: each actor decides
+    on its own hardware); empty when the shards' records do not say."""
+    threads: list[int] = field(default_factory=list)
+    """The torch threads of the predictor actors (one value when they all agree)."""
+    slow_bf16_nodes: int = 0
+    """Nodes that ran bf16 without native bf16 (`--precision bf16`): slower than float32 there."""
+
+    def compute_line(self) -> str | None:
+        """How the model ran, for people: `bf16 autocast, 2 threads per actor`; None when unknown."""
+        if not self.precision:
+            return None
+        names = sorted(self.precision, key=lambda name: (-self.precision[name], name))
+        if len(names) == 1:
+            text = PRECISION_NAMES.get(names[0], names[0])
+        else:  # nodes of one cluster decided differently (each on its own hardware)
+            text = ", ".join(
+                f"{PRECISION_NAMES.get(n, n)} on {_count(self.precision[n], 'node')}" for n in names
+            )
+        if self.threads:
+            low, high = min(self.threads), max(self.threads)
+            threads = _count(high, "thread") if low == high else f"{low}-{high} threads"
+            text += f"{', ' if len(names) == 1 else '; '}{threads} per actor"
+        if self.slow_bf16_nodes:  # --precision bf16 where auto would have picked float32
+            nodes = _count(self.slow_bf16_nodes, "node")
+            text += f"; no native bf16 on {nodes}: slower there than float32 (use --precision auto)"
+        return text
 
     def lines(self) -> list[str]:
         """A one-screen, human-readable summary."""
@@ -53,6 +82,9 @@ class JobSummary:
             f"  shards:   {self.num_shards}{skipped}",
             f"  speed:    {format_rate(self.images_per_second)} images/s ({self.seconds:.1f} s this run)",
         ]
+        compute = self.compute_line()
+        if compute:
+            text.append(f"  model:    {compute}")
         text += [f"  output:   {path}" for path in self.outputs]
         if self.rejected:
             text.append(f"  rejected: {self.rejected}")
@@ -80,6 +112,7 @@ def summarise(
 ) -> JobSummary:
     """The summary of a folder whose finished shards are `done`, after a run that did `pending`."""
     images_in = sum(r.rows_in for r in done.values())
+    precision, threads, slow_bf16_nodes = describe_compute(compute_facts(done.values()))
     processed = sum(done[s.index].rows_in for s in pending if s.index in done)
     rejected = sum(r.rows_rejected for r in done.values())
     return JobSummary(
@@ -94,7 +127,38 @@ def summarise(
         images_per_second=significant(processed / seconds) if seconds > 0 else 0.0,
         outputs=[out.url(outputs_hint)] if outputs_hint else [out.url()],
         rejected=out.url(REJECTED_DIR + "/") if rejected else None,
+        precision=precision,
+        threads=threads,
+        slow_bf16_nodes=slow_bf16_nodes,
     )
+
+
+PRECISION_NAMES = {"bf16": "bf16 autocast", "fp32": "float32"}
+"""How the summary names each precision (`raeflow.models.precision`)."""
+
+
+def compute_facts(records: Iterable[ShardRecord]) -> list[Mapping[str, Any]]:
+    """What ran the model of each finished shard: one mapping per node and setting, with `node`,
+    `precision` (bf16, fp32), `threads` and `native_bf16`, as the workers' commit records say.
+
+    Records that do not carry these facts (`compute`) contribute none.
+    """
+    return [fact for record in records for fact in getattr(record, "compute", ())]
+
+
+def describe_compute(facts: Iterable[Mapping[str, Any]]) -> tuple[dict[str, int], list[int], int]:
+    """Nodes per precision, the distinct torch thread counts, and the nodes that ran bf16 without
+    native bf16, over the `facts` of every shard (`compute_facts`)."""
+    facts = list(facts)
+    per_node = {(fact.get("node"), fact["precision"]) for fact in facts if fact.get("precision")}
+    precision = dict(Counter(name for _, name in per_node))
+    threads = sorted({int(fact["threads"]) for fact in facts if fact.get("threads")})
+    slow = {
+        fact.get("node")
+        for fact in facts
+        if fact.get("precision") == "bf16" and fact.get("native_bf16") is False
+    }
+    return precision, threads, len(slow)
 
 
 def check_rejected(summary: JobSummary, max_rejected: float | None) -> None:
@@ -135,3 +199,8 @@ def format_rate(value: float) -> str:
     if value >= 1:
         return f"{value:.1f}"
     return f"{value:.2g}"
+
+
+def _count(number: int, noun: str) -> str:
+    """`1 node`, `3 nodes`."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"

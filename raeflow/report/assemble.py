@@ -192,6 +192,20 @@ def _tsne_figure(rows: list[dict], context: ReportContext) -> tuple[bytes | None
     return figure, " ".join(notes) or None
 
 
+def _compute(job: JobSummary) -> dict[str, Any] | None:
+    """How the reconstructions were computed (precision per node, torch threads per actor), as the
+    workers' records say; None when they do not. Metrics are float32 whatever the precision."""
+    line = job.compute_line()
+    if line is None:
+        return None
+    return {
+        "precision": job.precision,
+        "threads": job.threads,
+        "slow_bf16_nodes": job.slow_bf16_nodes,
+        "description": line,
+    }
+
+
 def _summary(
     job: JobSummary,
     stats: dict[str, MetricStats],
@@ -220,6 +234,7 @@ def _summary(
             "shards": job.num_shards,
             "shards_skipped": job.num_shards_skipped,
         },
+        "compute": _compute(job),
         "metrics": metrics,
         "figures": [f"{FIGURES_DIR}/{name}.png" for name in figures],
         "notes": notes,

@@ -88,6 +88,14 @@ def _facts_table(facts: Mapping[str, Any]) -> str:
     return f'<table class="facts"><tbody>{rows}</tbody></table>'
 
 
+def _compute_fact(compute: Mapping[str, Any] | None) -> str | None:
+    """The precision (and threads) the model ran in, e.g. `bf16 autocast, 2 threads per actor;
+    metrics in float32`; None when the job's records do not say."""
+    if not compute or not compute.get("description"):
+        return None
+    return f"{compute['description']}; metrics in float32"
+
+
 def _worst_table(worst: Sequence[Mapping[str, Any]]) -> str:
     """The worst images' whole keys (wrapped, never cut), in the grid's order, with their metrics."""
     head = '<th class="num">#</th><th>key</th><th class="metric">PSNR (dB)</th><th class="metric">SSIM</th>'
@@ -139,6 +147,7 @@ def render_report(summary: Mapping[str, Any], figures: Mapping[str, bytes], note
         "model": model.get("uri"),
         "architecture": model.get("arch"),
         "model fingerprint": str(model.get("fingerprint", ""))[:16],
+        "reconstructions computed in": _compute_fact(summary.get("compute")),
         "noise on the input": summary.get("noise") or "none",
         "images read": counts.get("rows_in"),
         "images scored": counts.get("rows_out"),

@@ -9,6 +9,7 @@ import pytest
 from raeflow.batch.config import EmbedConfig, RunOptions
 from raeflow.batch.embed import embed_job, run_embed
 from raeflow.batch.runner import pipeline
+from raeflow.batch.summary import JobSummary, describe_compute
 from raeflow.hardware import cpu_has_native_bf16
 from tests.batch.inputs import write_digit_parquet
 
@@ -58,3 +59,33 @@ def test_a_predictor_actor_runs_one_torch_thread_per_cpu_it_reserved(
     assert {r["precision"] for r in records} == {AUTO}
     written = {name for r in records for name in r["files"]}
     assert {_precision_of(tmp_path / "emb" / name) for name in written} == {AUTO}
+
+
+def _summary(facts: list[dict]) -> JobSummary:
+    precision, threads, slow = describe_compute(facts)
+    return JobSummary(
+        job="embed", out="emb/", num_shards=2, num_shards_skipped=0, images_in=24, images_out=24,
+        images_rejected=0, seconds=1.0, images_per_second=24.0,
+        precision=precision, threads=threads, slow_bf16_nodes=slow,
+    )  # fmt: skip
+
+
+def _fact(node: str, precision: str, threads: int = 2, native: bool = True) -> dict:
+    return {"node": node, "precision": precision, "threads": threads, "native_bf16": native}
+
+
+def test_the_summary_says_how_the_model_ran() -> None:
+    # Two shards done by the same node's actors: one setting, said once.
+    same = _summary([_fact("a", "bf16"), _fact("a", "bf16")])
+    assert "  model:    bf16 autocast, 2 threads per actor" in same.lines()
+    # Nodes of one cluster decide on their own hardware: the summary counts them.
+    mixed = _summary([_fact("a", "bf16"), _fact("b", "bf16"), _fact("c", "bf16"), _fact("d", "fp32", 1)])
+    assert "  model:    bf16 autocast on 3 nodes, float32 on 1 node; 1-2 threads per actor" in mixed.lines()
+    # --precision bf16 on a CPU without native bf16 is allowed, and said to be slow.
+    forced = _summary([_fact("a", "bf16", 1, native=False)])
+    assert forced.compute_line() == (
+        "bf16 autocast, 1 thread per actor; no native bf16 on 1 node: slower there than float32 "
+        "(use --precision auto)"
+    )
+    # Records that do not say (written before they did) give no line rather than a guess.
+    assert not any(line.startswith("  model:") for line in _summary([]).lines())
