@@ -15,6 +15,7 @@ The driver holds only the records of shards still open (a few per actor) and 8-b
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +76,18 @@ class OpenShard:
             outputs=tuple(outputs),
             bytes=sum(r["bytes"] for r in pieces),
             nodes=tuple(sorted({r["node"] for r in pieces})),
+            compute=compute_of(pieces),
         )
+
+
+COMPUTE_FIELDS = ("node", "precision", "native_bf16", "threads")
+"""The commit-record fields that say how a piece's model ran; a shard's record keeps each distinct set."""
+
+
+def compute_of(pieces: Iterable[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """How the model ran for these pieces: one mapping per distinct node and setting."""
+    distinct = {tuple(piece.get(name) for name in COMPUTE_FIELDS) for piece in pieces}
+    return tuple(dict(zip(COMPUTE_FIELDS, values, strict=True)) for values in sorted(distinct, key=str))
 
 
 class KeyIndex:

@@ -58,6 +58,9 @@ class ShardRecord:
     """Bytes of the files written for the shard."""
     nodes: tuple[str, ...] = ()
     """Ray node ids of the workers that wrote the shard's pieces."""
+    compute: tuple[dict[str, Any], ...] = ()
+    """How the model ran for the shard: one `{node, precision, native_bf16, threads}` per distinct
+    node and setting, from the workers' commit records (none in records written before)."""
 
 
 def record_name(index: int) -> str:
@@ -123,6 +126,7 @@ class Manifest:
                 body = json.loads(self.out.read(f"{MANIFEST_DIR}/{name}"))
                 body["outputs"] = tuple(body.get("outputs", ()))
                 body["nodes"] = tuple(body.get("nodes", ()))
+                body["compute"] = tuple(body.get("compute", ()))
                 record = ShardRecord(**body)
                 records[record.shard] = record
         return records

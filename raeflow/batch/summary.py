@@ -141,9 +141,9 @@ def compute_facts(records: Iterable[ShardRecord]) -> list[Mapping[str, Any]]:
     """What ran the model of each finished shard: one mapping per node and setting, with `node`,
     `precision` (bf16, fp32), `threads` and `native_bf16`, as the workers' commit records say.
 
-    Records that do not carry these facts (`compute`) contribute none.
+    Records written before raeflow kept these facts have none.
     """
-    return [fact for record in records for fact in getattr(record, "compute", ())]
+    return [fact for record in records for fact in record.compute]
 
 
 def describe_compute(facts: Iterable[Mapping[str, Any]]) -> tuple[dict[str, int], list[int], int]:

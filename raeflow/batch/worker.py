@@ -42,12 +42,14 @@ COMMIT_SCHEMA = pa.schema(
         ("key_hashes", pa.binary()),
         ("seconds", pa.float64()),
         ("precision", pa.string()),
+        ("native_bf16", pa.bool_()),
         ("threads", pa.int64()),
     ]
 )
 """What a worker reports per piece written: `shard_rows` is the shard's row count when the piece
 holds the shard's last row (else null); `key_hashes` are 8 bytes per input row (collision check);
 `precision` is what the actor's model ran in (bf16 or fp32: actors on different nodes may differ),
+`native_bf16` whether its device runs bf16 natively (bf16 without it is slower than fp32),
 `threads` how many CPU threads torch used there."""
 
 
@@ -188,6 +190,7 @@ class PredictAndWrite:
             "key_hashes": key_hashes(rows.column("key").to_pylist()),
             "seconds": round(time.monotonic() - started, 4),
             "precision": self.predict.precision.name,
+            "native_bf16": self.predict.precision.native,
             "threads": torch.get_num_threads(),
         }
 

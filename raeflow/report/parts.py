@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raeflow import __version__
-from raeflow.batch.embed import LABELS_METADATA, labels_json
+from raeflow.batch.embed import LABELS_METADATA, labels_json, part_metadata
 from raeflow.batch.output import OutputDir
 from raeflow.batch.summary import JobSummary
 from raeflow.batch.worker import PartWriter, parquet_bytes, piece_stem
@@ -124,7 +124,7 @@ class ReportWriter(PartWriter):
             offer_sample(keeper, row)
         samples = pa.Table.from_pylist(selected_rows(keeper), schema=SAMPLES_SCHEMA)
         names = [metrics_part(shard, first_row), samples_part(shard, first_row)]
-        datas = [parquet_bytes(metrics.replace_schema_metadata(self.schema.metadata)), parquet_bytes(samples)]
+        datas = [parquet_bytes(metrics.replace_schema_metadata(part_metadata(self.schema, rows))), parquet_bytes(samples)]
         for name, data in zip(names, datas, strict=True):
             out.put(name, data)
         return names, sum(len(d) for d in datas), None

@@ -66,6 +66,7 @@ def test_records_and_key_hashes_round_trip(tmp_path) -> None:
         outputs=("part-00004-000000.parquet",),
         bytes=10,
         nodes=("n1", "n2"),
+        compute=({"node": "n1", "precision": "bf16", "native_bf16": True, "threads": 2},),
     )
     manifest.write_record(record, np.array([1, 2, 3], dtype=np.uint64))
     assert manifest.finished() == {4: record}

@@ -3,6 +3,8 @@ metadata, and torch threads per predictor actor (one per CPU it reserved) in the
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -22,14 +24,14 @@ def _precision_of(part) -> str:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize(("precision", "expected"), [("fp32", "fp32"), ("auto", AUTO)])
-def test_embedding_parts_say_which_precision_computed_them(
-    ray_session, tmp_path, conv_bundle, mnist_digits, precision, expected
+@pytest.mark.parametrize(("precision", "cpus", "expected"), [("fp32", 2, "fp32"), ("auto", 1, AUTO)])
+def test_embedding_parts_and_summary_say_how_the_model_ran(
+    ray_session, tmp_path, conv_bundle, mnist_digits, precision, cpus, expected
 ) -> None:
     digits, labels = mnist_digits
     write_digit_parquet(str(tmp_path / "in"), digits, labels, files=2, rows=12)
     out = tmp_path / "emb"
-    run = RunOptions(precision=precision, quiet=True)
+    run = RunOptions(precision=precision, worker_cpus=cpus, quiet=True)
     summary = run_embed(EmbedConfig(data=str(tmp_path / "in"), model=conv_bundle, out=str(out), run=run))
     assert summary.images_out == 24
     parts = sorted(out.glob("part-*.parquet"))
@@ -38,6 +40,13 @@ def test_embedding_parts_say_which_precision_computed_them(
         assert _precision_of(part) == expected
         metadata = pq.read_metadata(part).metadata
         assert {b"raeflow.model", b"raeflow.version"} <= set(metadata)  # the table's own keys stay
+    name = {"bf16": "bf16 autocast", "fp32": "float32"}[expected]
+    threads = "1 thread" if cpus == 1 else f"{cpus} threads"
+    assert f"  model:    {name}, {threads} per actor" in summary.lines()
+    for record in out.glob("_manifest/shard-*.json"):  # what a rerun's summary reads back
+        compute = json.loads(record.read_text())["compute"]
+        assert {(c["precision"], c["threads"]) for c in compute} == {(expected, cpus)}
+    assert json.loads((out / "_SUCCESS").read_text())["precision"] == {expected: 1}
 
 
 @pytest.mark.timeout(300)
