@@ -124,7 +124,10 @@ class ReportWriter(PartWriter):
             offer_sample(keeper, row)
         samples = pa.Table.from_pylist(selected_rows(keeper), schema=SAMPLES_SCHEMA)
         names = [metrics_part(shard, first_row), samples_part(shard, first_row)]
-        datas = [parquet_bytes(metrics.replace_schema_metadata(part_metadata(self.schema, rows))), parquet_bytes(samples)]
+        datas = [
+            parquet_bytes(metrics.replace_schema_metadata(part_metadata(self.schema, rows))),
+            parquet_bytes(samples),
+        ]
         for name, data in zip(names, datas, strict=True):
             out.put(name, data)
         return names, sum(len(d) for d in datas), None
