@@ -78,6 +78,11 @@ def train_command(**options) -> None:
             f"  last epoch: val loss {last['val_loss']:.5f}, PSNR {last['val_psnr']:.2f} dB{noisy}, "
             f"SSIM {last['val_ssim']:.3f}, {last['images_per_s']:.0f} images/s on {last['workers']} worker(s)"
         )
+        if "precision" in last:
+            model = "bf16 autocast" if last["precision"] == "bf16" else "float32"
+            click.echo(f"  model: {model}, {last['threads']} torch thread(s) per worker")
+        if last.get("precision_note"):
+            click.echo(f"  {last['precision_note']}")
     out = config.out.rstrip("/")
     click.echo(f"  metrics: {out}/metrics.jsonl  grids: {out}/grids/  checkpoints: {out}/checkpoints/")
     if rejected.line():

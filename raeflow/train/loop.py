@@ -346,7 +346,11 @@ def train_worker(config: TrainConfig, plan: RunPlan, runtime: WorkerRuntime) -> 
             "rank_train_images": per_rank_images,
             "node_ids": node_ids,
             "restored_from_epoch": runner.restored_from,
+            "precision": runner.precision.name,
+            "threads": torch.get_num_threads(),
         }
+        if runner.precision.note:  # bf16 forced without native support, or the model's fp32 fallback
+            record["precision_note"] = runner.precision.note
         if config.denoise:
             record["val_noisy_psnr"] = noisy / max(1.0, num_val)
         runner.state.epochs_done = epoch

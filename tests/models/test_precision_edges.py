@@ -156,3 +156,6 @@ def test_training_falls_back_to_float32_and_records_it(
     record = _train(tmp_path / "run", "bf16")
     assert np.isfinite(record["val_loss"])
     assert load_bundle(str(tmp_path / "run" / "model")).meta["training"]["precision"] == "fp32"
+    # the epoch's record carries the one line `raeflow train` prints under its summary
+    assert record["precision"] == "fp32"
+    assert record["precision_note"].endswith("; using float32")
