@@ -48,20 +48,40 @@ def glob_root(path: str) -> str:
 def list_files(fs: fsspec.AbstractFileSystem, path: str, suffixes: tuple[str, ...]) -> list[str]:
     """Sorted files under a directory, a single file, or matching a glob, whose lower-cased name
     ends with one of `suffixes`."""
+    return sorted(p for p in _found(fs, path) if p.lower().endswith(suffixes))
+
+
+def list_file_sizes(
+    fs: fsspec.AbstractFileSystem, path: str, suffixes: tuple[str, ...]
+) -> list[tuple[str, int]]:
+    """`list_files` with each file's size in bytes (0 where the store reports none). A folder or a
+    glob costs no request per file: `find` and `glob` list sizes along with names."""
+    found = _found(fs, path)
+    if found == {path: {}}:  # a single file: the one place the listing said nothing about it
+        found[path] = fs.info(path)
+    return sorted(
+        (p, int(info.get("size") or 0)) for p, info in found.items() if p.lower().endswith(suffixes)
+    )
+
+
+def _found(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, dict[str, Any]]:
+    """Every file under a directory, or matching a glob, with what the listing says of it (`size`,
+    ...); a single file with nothing said."""
     if is_glob(path):
-        found: list[str] = []
+        found: dict[str, dict[str, Any]] = {}
         for match, info in fs.glob(path, detail=True).items():
-            found.extend(fs.find(match) if info.get("type") == "directory" else [match])
-    elif fs.isdir(path):
+            found.update(fs.find(match, detail=True) if info.get("type") == "directory" else {match: info})
+        return found
+    if fs.isdir(path):
         # Like pyarrow datasets, skip `_`/`.` entries: raeflow's own `_rejected/`, `_manifest/`
         # beside the shards it wrote, `.ipynb_checkpoints/`, ...
         root = path.rstrip("/") + "/"
-        found = [
-            p for p in fs.find(path) if not any(c.startswith(("_", ".")) for c in p[len(root) :].split("/"))
-        ]
-    else:
-        found = [path]
-    return sorted(p for p in found if p.lower().endswith(suffixes))
+        return {
+            p: info
+            for p, info in fs.find(path, detail=True).items()
+            if not any(c.startswith(("_", ".")) for c in p[len(root) :].split("/"))
+        }
+    return {path: {}}
 
 
 def one_shard_per_file(fs: fsspec.AbstractFileSystem, path: str, files: list[str]) -> list[Shard]:
