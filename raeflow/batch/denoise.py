@@ -19,6 +19,7 @@ from raeflow.batch.worker import PartWriter
 from raeflow.data import images
 from raeflow.data.sources import open_source
 from raeflow.data.sources.base import Source
+from raeflow.data.sources.folder import FULL_SIZE_BYTES_PER_SHARD
 from raeflow.errors import ConfigError
 from raeflow.models import Bundle, load_bundle
 
@@ -31,7 +32,12 @@ def run_denoise(config: DenoiseConfig) -> JobSummary:
     """Denoise every image of `config.data` with the bundle `config.model` into `config.out`."""
     config.validate()
     bundle = load_bundle(config.model)
-    source = open_source(config.data, config.source_format, image_column=config.image_column)
+    source = open_source(
+        config.data,
+        config.source_format,
+        image_column=config.image_column,
+        bytes_per_shard=FULL_SIZE_BYTES_PER_SHARD,
+    )
     _check_first_image(bundle, source, config)
     predictor_kwargs = {
         "bundle": config.model,

@@ -26,6 +26,7 @@ from raeflow.batch.decoding import DecodeSpec
 from raeflow.batch.output import OutputDir
 from raeflow.batch.runner import BatchJob, JobSummary, run_batch_job
 from raeflow.data.sources import open_source
+from raeflow.data.sources.folder import FULL_SIZE_BYTES_PER_SHARD
 from raeflow.errors import ConfigError
 from raeflow.models import load_bundle
 from raeflow.models.embedding import embedding_rule, model_embedding_dim
@@ -66,7 +67,12 @@ def run_report(config: ReportConfig) -> ReportResult:
     bundle = load_bundle(config.model)
     model = bundle.model
     contract = model.input_contract
-    source = open_source(config.data, config.source_format, image_column=config.image_column)
+    source = open_source(
+        config.data,
+        config.source_format,
+        image_column=config.image_column,
+        bytes_per_shard=FULL_SIZE_BYTES_PER_SHARD,
+    )
     if model.conditional and not source.has_labels:
         raise ConfigError(
             f"model {config.model} is conditional (it decodes with the label) but {config.data} has no "

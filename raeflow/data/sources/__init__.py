@@ -75,8 +75,13 @@ def open_source(
     *,
     image_column: str | None = None,
     storage_options: dict[str, Any] | None = None,
+    bytes_per_shard: int | None = None,
 ) -> Source:
-    """Open the source at `uri`; `format` (a kind name, or None/"auto") skips detection."""
+    """Open the source at `uri`; `format` (a kind name, or None/"auto") skips detection.
+
+    `bytes_per_shard` cuts a folder's shards finer than its default (jobs that run the model on
+    every image at full size, see `folder.FULL_SIZE_BYTES_PER_SHARD`); other kinds keep their files.
+    """
     kind = detect_kind(uri, storage_options=storage_options) if format in (None, "auto") else format
     if kind == "builtin" and not uri.startswith("builtin:"):
         uri = f"builtin:{uri}"
@@ -85,4 +90,6 @@ def open_source(
         if kind != "parquet":
             raise ConfigError(f"--image-column applies to parquet sources, not to a {kind} source ({uri})")
         return cls(uri, storage_options=storage_options, image_column=image_column)  # type: ignore[call-arg]
+    if bytes_per_shard is not None and kind == "folder":
+        return cls(uri, storage_options=storage_options, bytes_per_shard=bytes_per_shard)  # type: ignore[call-arg]
     return cls(uri, storage_options=storage_options)

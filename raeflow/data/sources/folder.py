@@ -21,7 +21,8 @@ part files of `embed` (one or more per shard: 32 MiB of such photos is already a
 and the manifest's records. Within a job of few shards, the blocks of each shard spread over the
 actors (`raeflow.batch.runner`; a denoise block is one to a few photos), so one or two shards still
 keep as many cores busy as they have blocks. Folders of small files reach the
-1000-file cap first (1000 JPEGs of 32 KB), as before.
+1000-file cap first (1000 JPEGs of 32 KB), as before. `denoise` and `report` cut at
+`FULL_SIZE_BYTES_PER_SHARD` (4 MiB) instead: they run the model on whole photos.
 
 Labels follow torchvision's ImageFolder convention: when every image sits below a first-level
 subfolder of the root (`cats/x.jpg`, `dogs/y.jpg`, `dogs/puppies/z.jpg`), the subfolder names are
@@ -59,6 +60,12 @@ FILES_PER_SHARD = 1000
 """Default largest number of files in one shard."""
 BYTES_PER_SHARD = 32 * 1024 * 1024
 """Default budget of encoded bytes in one shard (a larger file is a shard of its own); see above."""
+FULL_SIZE_BYTES_PER_SHARD = 4 * 1024 * 1024
+"""The budget of jobs that run the model on every photo at its full size (`raeflow denoise`, and
+`raeflow report`, which may hold a denoiser): 4 MiB of JPEG is 14-40 megapixels, one to three
+minutes of one core at the shipped denoisers' speed, so a folder of a few hundred photos spreads
+over every core and an interrupted run redoes minutes, not the folder. Each image is its own output
+file (denoise) or a few rows (report), so a finer cut costs no tiny part files."""
 NAMES_SHOWN = 20
 """`describe()` lists at most this many class names."""
 
