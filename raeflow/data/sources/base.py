@@ -1,7 +1,7 @@
 """What every image source is: a stable list of shards, each read as Arrow batches of encoded images.
 
 A *shard* is the unit of parallelism, of output files (`part-NNNNN`) and of resume: one file of a
-Parquet/WebDataset source, a fixed-size chunk of a folder's sorted file list, a row range of an
+Parquet/WebDataset source, a run of a folder's sorted file list cut by bytes and count, a row range of an
 MNIST/CIFAR/STL-10 file. The shard list of a source is deterministic: the same input gives the
 same shards in the same order, so shard `i` of a rerun is shard `i` of the first run.
 
