@@ -118,12 +118,18 @@ def as_model_input(x: torch.Tensor) -> torch.Tensor:
 
 
 def checked_precision(model: torch.nn.Module, precision: Precision, probe: torch.Tensor) -> Precision:
-    """`precision`, or float32 with a note when the model's layers fail under bf16 autocast.
+    """`precision`, or float32 with a note when the model's layers fail under bf16 autocast; and
+    float32 when `auto` meets a model that bf16 cannot speed up on a CPU.
 
-    `probe` is a small input batch of the model's shape; it runs once in bf16.
+    `probe` is a small input batch of the model's shape; it runs once in bf16. On CPUs bf16 pays
+    through oneDNN's convolutions (2.3-4.7x for the zoo's convolutional presets, bench/model_speed.py);
+    a model of dense layers alone (`dense_mnist`) ran at 0.84-0.99x of float32, so `auto` keeps it
+    in float32 there (GPUs' tensor cores speed dense layers up, so they keep bf16).
     """
     if not precision.bf16:
         return precision
+    if precision.requested == "auto" and precision.device_type == "cpu" and not has_convolutions(model):
+        return Precision("fp32", precision.requested, precision.device_type, precision.native)
     try:
         with torch.inference_mode(), precision.autocast():
             model(as_model_input(probe))

@@ -89,14 +89,38 @@ def test_auto_picks_bf16_only_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPat
 
 def test_a_model_that_fails_in_bf16_falls_back_to_float32_with_a_note() -> None:
     class NoBf16(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 1, 1)
+
         def forward(self, x: torch.Tensor, y: object = None) -> dict[str, torch.Tensor]:
-            out = torch.nn.functional.conv2d(x, torch.ones(1, 1, 1, 1))
+            out = self.conv(x)
             if out.dtype == torch.bfloat16:
                 raise RuntimeError('"slow_conv2d" not implemented for BFloat16')
             return {"recon": out}
 
     used = checked_precision(NoBf16(), Precision("bf16", "auto", "cpu", True), torch.zeros(1, 1, 4, 4))
     assert used.name == "fp32" and used.note and "does not run in bf16" in used.note
+
+
+def test_auto_keeps_a_dense_model_in_float32_on_a_cpu() -> None:
+    """bf16 speeds convolutions up on this CPU, not dense_mnist's matrix products (bench/model_speed.py)."""
+    probe = {
+        name: torch.rand(2, *shape)
+        for name, shape in (("dense_mnist", (1, 28, 28)), ("conv_mnist", (1, 28, 28)))
+    }
+    native_auto = Precision("bf16", "auto", "cpu", True)
+    assert (
+        checked_precision(create_model("dense_mnist").eval(), native_auto, probe["dense_mnist"]).name
+        == "fp32"
+    )
+    assert (
+        checked_precision(create_model("conv_mnist").eval(), native_auto, probe["conv_mnist"]).name == "bf16"
+    )
+    forced = Precision("bf16", "bf16", "cpu", True)  # asked for: the user gets it
+    assert checked_precision(create_model("dense_mnist").eval(), forced, probe["dense_mnist"]).name == "bf16"
+    on_gpu = Precision("bf16", "auto", "cuda", True)  # tensor cores speed dense layers up
+    assert checked_precision(create_model("dense_mnist").eval(), on_gpu, probe["dense_mnist"]) is on_gpu
 
 
 def test_batches_are_channels_last_without_a_copy() -> None:
