@@ -15,6 +15,9 @@ from raeflow.errors import ConfigError
 PRECISIONS = ("auto", "bf16", "fp32")
 """Values of `--precision`."""
 
+PRECISION_NAMES = {"bf16": "bf16 autocast", "fp32": "float32"}
+"""How summaries name the precision a model ran in (the decided one: never `auto`)."""
+
 NATIVE_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 """x86 CPU flags (as Linux names them in /proc/cpuinfo) of native bf16 matrix maths."""
 

@@ -11,6 +11,7 @@ from raeflow.batch.manifest import REJECTED_DIR, ShardRecord
 from raeflow.batch.output import OutputDir
 from raeflow.data.sources.base import Shard
 from raeflow.errors import JobError
+from raeflow.hardware import PRECISION_NAMES
 
 
 @dataclass
@@ -112,7 +113,8 @@ def summarise(
 ) -> JobSummary:
     """The summary of a folder whose finished shards are `done`, after a run that did `pending`."""
     images_in = sum(r.rows_in for r in done.values())
-    precision, threads, slow_bf16_nodes = describe_compute(compute_facts(done.values()))
+    facts = [fact for record in done.values() for fact in record.compute]
+    precision, threads, slow_bf16_nodes = describe_compute(facts)
     processed = sum(done[s.index].rows_in for s in pending if s.index in done)
     rejected = sum(r.rows_rejected for r in done.values())
     return JobSummary(
@@ -133,22 +135,10 @@ def summarise(
     )
 
 
-PRECISION_NAMES = {"bf16": "bf16 autocast", "fp32": "float32"}
-"""How the summary names each precision (`raeflow.models.precision`)."""
-
-
-def compute_facts(records: Iterable[ShardRecord]) -> list[Mapping[str, Any]]:
-    """What ran the model of each finished shard: one mapping per node and setting, with `node`,
-    `precision` (bf16, fp32), `threads` and `native_bf16`, as the workers' commit records say.
-
-    Records written before raeflow kept these facts have none.
-    """
-    return [fact for record in records for fact in record.compute]
-
-
 def describe_compute(facts: Iterable[Mapping[str, Any]]) -> tuple[dict[str, int], list[int], int]:
     """Nodes per precision, the distinct torch thread counts, and the nodes that ran bf16 without
-    native bf16, over the `facts` of every shard (`compute_facts`)."""
+    native bf16, over the `facts` of every shard (`ShardRecord.compute`: one mapping per node and
+    setting, as the workers' commit records say; records written before raeflow kept them have none)."""
     facts = list(facts)
     per_node = {(fact.get("node"), fact["precision"]) for fact in facts if fact.get("precision")}
     precision = dict(Counter(name for _, name in per_node))

@@ -13,6 +13,7 @@ from raeflow.commands.batch import check_out_folder, start_ray_while_loading
 from raeflow.commands.options import OptionSpec, console_options, settings_from, settings_options
 from raeflow.connection import check_reachable
 from raeflow.data.sources.object_store import probe
+from raeflow.hardware import PRECISION_NAMES
 from raeflow.train.config import PLACEMENTS, TrainConfig, parse_model_args, parse_steps
 from raeflow.train.sample import SampleSettings
 
@@ -79,7 +80,7 @@ def train_command(**options) -> None:
             f"SSIM {last['val_ssim']:.3f}, {last['images_per_s']:.0f} images/s on {last['workers']} worker(s)"
         )
         if "precision" in last:
-            model = "bf16 autocast" if last["precision"] == "bf16" else "float32"
+            model = PRECISION_NAMES.get(last["precision"], last["precision"])
             click.echo(f"  model: {model}, {last['threads']} torch thread(s) per worker")
         if last.get("precision_note"):
             click.echo(f"  {last['precision_note']}")
