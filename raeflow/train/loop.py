@@ -348,6 +348,8 @@ def train_worker(config: TrainConfig, plan: RunPlan, runtime: WorkerRuntime) -> 
             "restored_from_epoch": runner.restored_from,
             "precision": runner.precision.name,
             "threads": torch.get_num_threads(),
+            # The node's 1/5/15-minute load: a figure from a contended machine is not a result.
+            "load_average": [round(load, 2) for load in os.getloadavg()],
         }
         if runner.precision.note:  # bf16 forced without native support, or the model's fp32 fallback
             record["precision_note"] = runner.precision.note

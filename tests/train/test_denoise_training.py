@@ -13,6 +13,7 @@ from PIL import Image
 
 import raeflow.train.trainer as trainer
 from raeflow.cli import main
+from raeflow.hardware import PRECISION_NAMES, cpu_has_native_bf16
 from raeflow.models import load_bundle
 from raeflow.train.batches import is_validation
 from raeflow.train.loop import worse_than_input
@@ -119,6 +120,12 @@ def test_train_with_patch_size_trains_on_k_patches_per_image_and_writes_step_gri
     assert [r["train_images"] for r in records] == [4 * train_count] * 2  # patches, not images
     assert records[-1]["val_images"] == 4 * (12 - train_count)
     assert "val_noisy_psnr" in records[-1]  # a denoising run reports its input's PSNR beside its own
+    # The summary says what the model ran in, as recorded per epoch (bf16 where the CPU has it natively).
+    last = records[-1]
+    assert last["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
+    model, lines = PRECISION_NAMES[last["precision"]], result.output.splitlines()
+    assert f"  model: {model}, {last['threads']} torch thread(s) per worker" in lines, result.output
+    assert any(line.startswith("done: 2 epochs, ") for line in lines), result.output
     grids = sorted(p.name for p in (out / "grids").iterdir())
     assert grids == ["epoch-0001.png", "epoch-0002.png", "step-0000001.png", "step-0000003.png"]
     bundle = load_bundle(str(out / "model"))

@@ -43,6 +43,7 @@ def test_plain_loop_trains_without_ray_and_resumes(tmp_path: Path) -> None:
     assert lines[1]["restored_from_epoch"] == 1 and record["epoch"] == 2
     assert lines[1]["step"] > lines[0]["step"]  # the step count went on from the checkpoint
     assert lines[0]["train_images"] + lines[0]["val_images"] == 300
+    assert all(len(line["load_average"]) == 3 and line["load_average"][0] >= 0 for line in lines)
 
     bundle = load_bundle(str(out / "model"))
     assert bundle.meta["training"]["epochs"] == 2 and bundle.meta["training"]["data"] == "builtin:mnist"
