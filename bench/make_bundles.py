@@ -61,19 +61,11 @@ def _train(name: str, data: str, *args: str) -> list[str]:
 
 COMMANDS: dict[str, list[list[str]]] = {
     "denoise-grey": [
-        _train(  # stage 1: from scratch
-            "denoise-grey-base", str(BENCH / "Train400"),
-            "--model", "denoiser", "--preset", "denoise_grey",
-            "--patch-size", "64", "--patches-per-image", "16", "--denoise", GREY_NOISE,
-            "--epochs", "6", "--batch-size", "16", "--lr", "1e-3",
-            "--grid-steps", "1000,5000",
-        ),
-        _train(  # stage 2: longer, at a lower rate, with both cores in the one training worker
+        _train(  # one run from scratch, in bf16 on a quiet machine: 90 x 360 images x 64 patches = 2.07 M
             "denoise-grey", str(BENCH / "Train400"),
             "--model", "denoiser", "--preset", "denoise_grey",
-            "--init-from", str(OUT / "denoise-grey-base" / "model"),
-            "--patch-size", "64", "--patches-per-image", "32", "--denoise", GREY_NOISE, "--epochs", "12",
-            "--batch-size", "16", "--lr", "3e-4", "--cpus-per-worker", "2",
+            "--patch-size", "64", "--patches-per-image", "64", "--denoise", GREY_NOISE,
+            "--epochs", "90", "--batch-size", "64", "--lr", "1e-3", "--precision", "auto",
         ),
     ],
     "denoise-rgb": [
