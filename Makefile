@@ -38,8 +38,9 @@ bench: install
 	$(PY) bench/denoise_quality.py
 	$(PY) bench/zoo_quality.py
 
-# Retrain the pretrained bundles shipped in raeflow/bundles/ (about an hour on 2 CPU cores) and
-# measure them; needs ../shared/benchmarks/denoise and the bench extra (BM3D is not needed here).
+# Retrain the pretrained bundles shipped in raeflow/bundles/ (about 3 hours on 2 CPU cores with AMX;
+# on the GPU where there is one) and measure them; stopped, it resumes when run again. Needs
+# ../shared/benchmarks/denoise and the bench extra (BM3D is not needed here).
 bundles: install
 	$(PY) bench/make_bundles.py
 

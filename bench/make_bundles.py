@@ -9,14 +9,26 @@ Stages:
 - `prepare`: the colour training folder (`bench-out/bundles/rgb-train/`): Train400 (grey, read as
   RGB) plus 96x96 tiles of the scikit-image colour photos of `RGB_TRAIN_PHOTOS`. The photos of
   `RGB_TEST_PHOTOS` are never used for training: they are the colour model's held-out test.
-- `train`: `raeflow train ...` per bundle exactly as `COMMANDS` lists, stage by stage (the grey
-  model trains in two: from scratch, then longer at a lower rate from there), into
-  `bench-out/bundles/<out>/`.
+- `train`: `raeflow train ...` per bundle exactly as `COMMANDS` lists, into
+  `bench-out/bundles/<out>/`, its output appended to `bench-out/bundles/<out>.log`. Where torch sees
+  a GPU, each command runs with `--gpu` added (and the record says so); on CPU otherwise.
 - `install`: measures each finished model (grey: BSD68 and Set12 at sigma 15/25/50 by the benchmark
   README's protocol; colour: crops of the held-out photos at sigma 5/15/25/50; MNIST: the held-out
-  validation digits), records the numbers, the training command and the held-out sample the test
-  uses in `bundle.json` (beside the weights' checksum, which it leaves alone), and copies the
-  bundle to `raeflow/bundles/<name>/`.
+  validation digits), records the numbers, the training commands, the machine and the held-out
+  sample the test uses in `bundle.json` (beside the weights' checksum, which it leaves alone), and
+  copies the bundle to `raeflow/bundles/<name>/`.
+
+Long runs: the grey model is 90 epochs of 22,976 patches at 200-240 patches/s in bf16 on 2 CPU
+cores with AMX, 110-125 s an epoch with validation: about 3 hours. The colour and MNIST models take
+minutes. A stopped run (Ctrl-C, a machine gone) continues from its last checkpoint (one per
+epoch) when the same command is run again: a stage whose `model/bundle.json` exists and whose
+`metrics.jsonl` reached its `--epochs` is skipped as already trained, any other is rerun and
+`raeflow train` resumes it. While a stage runs, one line per finished epoch is printed:
+
+    [denoise-grey] epoch 12/90  val 28.41 dB  231 patches/s  load 2.05  elapsed 0:21:10  ETA 1:14:30
+
+(elapsed: since this process started the stage; ETA: the epochs left times the mean epoch time of
+this process's epochs; load: the machine's 1-minute load average at the epoch's end).
 
 Training data is only Train400 and scikit-image's photographs (and MNIST for `mnist-conv`); BSD68
 and Set12 are test sets only. Run from the repository root; the benchmark data is found at
@@ -53,6 +65,8 @@ GREY_NOISE = "gaussian:0-0.2:unclipped"
 """sigma 0-51 on the 0-255 scale, unclipped like the benchmark protocol."""
 RGB_NOISE = "gaussian:0-0.2"
 """sigma 0-51, clipped like the noise of a saved 8-bit photo."""
+POLL_S = 5.0
+"""Seconds between looks at a running stage's metrics.jsonl, for its progress lines."""
 
 
 def _train(name: str, data: str, *args: str) -> list[str]:
@@ -116,16 +130,130 @@ def prepare_rgb_data() -> Path:
     return folder
 
 
+def read_metrics(out: Path) -> list[dict]:
+    """The epoch records of the run in `out` (none before its first epoch ends)."""
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line still being written: read again at the next look
+            continue
+    return records
+
+
+def _epochs_wanted(command: list[str]) -> int:
+    return int(command[command.index("--epochs") + 1])
+
+
+def is_trained(command: list[str]) -> bool:
+    """Whether the run of `command` has finished: its bundle written and its last epoch recorded."""
+    out = _out(command)
+    records = read_metrics(out)
+    return (
+        (out / "model" / "bundle.json").exists()
+        and bool(records)
+        and records[-1]["epoch"] >= _epochs_wanted(command)
+    )
+
+
+def _clock(seconds: float) -> str:
+    """4450 -> '1:14:10'."""
+    seconds = max(0, round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def progress_line(name: str, record: dict, timed: list[dict], elapsed_s: float, unit: str) -> str:
+    """One epoch's progress line: epoch, validation PSNR, speed, load, elapsed time and the ETA of
+    the epochs left at the mean `epoch_seconds` of `timed`."""
+    parts = [f"[{name}] epoch {record['epoch']}/{record['epochs']}"]
+    if "val_psnr" in record:
+        parts.append(f"val {record['val_psnr']:.2f} dB")
+    parts.append(f"{record['images_per_s']:.0f} {unit}/s")
+    if record.get("load_average"):  # absent in records written before it was added
+        parts.append(f"load {record['load_average'][0]:.2f}")
+    parts.append(f"elapsed {_clock(elapsed_s)}")
+    eta = eta_seconds(record["epoch"], record["epochs"], timed)
+    if eta is not None:
+        parts.append(f"ETA {_clock(eta)}")
+    return "  ".join(parts)
+
+
+def eta_seconds(epoch: int, epochs: int, timed: list[dict]) -> float | None:
+    """Seconds until epoch `epochs`, after `epoch`, at the mean `epoch_seconds` of `timed` (None when
+    done or nothing is timed)."""
+    if epoch >= epochs or not timed:
+        return None
+    return (epochs - epoch) * sum(r["epoch_seconds"] for r in timed) / len(timed)
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()  # no CUDA context in this process: the GPU is the run's
+
+
 def train(name: str) -> None:
-    """Run the recorded training commands of one bundle, logging to bench-out/bundles/<out>.log."""
+    """Run (or finish) the recorded training commands of one bundle; skip the stages already trained."""
     OUT.mkdir(parents=True, exist_ok=True)
-    for command in COMMANDS[name]:
-        log = OUT / f"{_out(command).name}.log"
+    gpu = _has_gpu()
+    for recorded in COMMANDS[name]:
+        out = _out(recorded)
+        if is_trained(recorded):
+            print(f"[{name}] {out.name}: already trained ({_epochs_wanted(recorded)} epochs)", flush=True)
+            continue
+        command = [*recorded, "--gpu"] if gpu else recorded
+        log = OUT / f"{out.name}.log"
         print(f"[{name}] {shlex.join(command)}\n  log: {log}", flush=True)
-        start = time.time()
-        with open(log, "a") as handle:  # a rerun continues the run (and its log)
-            subprocess.run(command, check=True, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
-        print(f"[{name}] {_out(command).name} trained in {time.time() - start:.0f} s", flush=True)
+        records = read_metrics(out)
+        if records:  # the ETA from all its epochs so far, until this process has timed its own
+            epoch, epochs = records[-1]["epoch"], _epochs_wanted(recorded)
+            eta = eta_seconds(epoch, epochs, records)
+            print(
+                f"[{name}] {out.name}: continues from its last checkpoint, epoch {epoch}/{epochs} recorded"
+                + (f", ETA {_clock(eta)}" if eta is not None else "")
+                + (", on the GPU" if gpu else ""),
+                flush=True,
+            )
+        else:
+            print(f"[{name}] {out.name}: starts from scratch" + (" on the GPU" if gpu else ""), flush=True)
+        _run_stage(name, command, log)
+
+
+def _run_stage(name: str, command: list[str], log: Path) -> None:
+    """Run one training command, its output appended to `log`, printing a line per finished epoch."""
+    out = _out(command)
+    unit = "patches" if "--patch-size" in command else "images"
+    seen = {(r["epoch"], r["epoch_seconds"]) for r in read_metrics(out)}
+    fresh: list[dict] = []  # this process's epochs: their times give the ETA
+    start = time.monotonic()
+    with open(log, "a") as handle:  # a rerun continues the run (and its log)
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            while True:
+                finished = process.poll() is not None  # looked at before reading: no last epoch missed
+                for record in read_metrics(out):
+                    if (record["epoch"], record["epoch_seconds"]) not in seen:
+                        seen.add((record["epoch"], record["epoch_seconds"]))
+                        fresh.append(record)
+                        line = progress_line(name, record, fresh, time.monotonic() - start, unit)
+                        print(line, flush=True)
+                if finished:
+                    break
+                time.sleep(POLL_S)
+        except KeyboardInterrupt:
+            try:  # Ctrl-C on a terminal reached the training command too: let it stop by itself
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.terminate()
+                process.wait()
+            stopped = f"[{name}] stopped; run the same command again to continue from the last checkpoint"
+            raise SystemExit(stopped) from None
+    if process.returncode:
+        raise SystemExit(f"[{name}] {out.name} failed (exit {process.returncode}); see {log}")
+    print(f"[{name}] {out.name} trained in {_clock(time.monotonic() - start)}", flush=True)
 
 
 def _portable(value):
@@ -139,26 +267,83 @@ def _portable(value):
     return value
 
 
-def _training_facts(name: str) -> dict:
-    """Commands, wall time and speed of every stage of the run, from their metrics.jsonl."""
-    stages = [
-        [json.loads(line) for line in (_out(command) / "metrics.jsonl").read_text().splitlines() if line]
-        for command in COMMANDS[name]
-    ]
-    records = [record for stage in stages for record in stage]
-    images = sum(r["train_images"] for r in records)
-    commands = [_portable(shlex.join(["raeflow", *command[3:]])) for command in COMMANDS[name]]
+def _cpu_facts(description: str) -> dict:
+    """The CPU's model and whether it has AMX / AVX-512-BF16, from a `cpu_description()` string
+    ("NAME (amx_bf16, avx512_bf16, amx_tile)" or "NAME (no native bf16)")."""
+    model, bracket, units = description.rpartition(" (")
+    flags = set(units.rstrip(")").split(", ")) if bracket else set()
     return {
-        "command": commands[-1],
-        "commands": commands,
-        "made_by": "bench/make_bundles.py (make bundles)",
+        "cpu": model if bracket else description,
+        "amx": "amx_bf16" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+    }
+
+
+def _distinct(values) -> list:
+    return list(dict.fromkeys(value for value in values if value is not None))
+
+
+def _stage_facts(command: list[str]) -> dict:
+    """Command, wall time, speed, precision and machine of one finished stage, from its metrics.jsonl
+    and the training record that `raeflow train` wrote in its model/bundle.json."""
+    out = _out(command)
+    records = read_metrics(out)
+    trained = json.loads((out / "model" / "bundle.json").read_text()).get("training", {})
+    device = trained.get("device", "cpu")  # "cpu" or the GPU's name
+    if "cpu" in trained:  # the machine that finished the run, not the one measuring it now
+        cpu = _cpu_facts(trained["cpu"])
+    else:
+        from raeflow.hardware import cpu_description
+
+        cpu = _cpu_facts(cpu_description()) | {"cpu_recorded_at": "install"}
+    ran = [*command, "--gpu"] if device != "cpu" and "--gpu" not in command else command
+    images = sum(r["train_images"] for r in records)
+    train_seconds = sum(r["train_seconds"] for r in records)
+    loads = [r["load_average"][0] for r in records if r.get("load_average")]
+    facts = {
+        "command": _portable(shlex.join(["raeflow", *ran[3:]])),
         "wall_seconds": round(sum(r["epoch_seconds"] for r in records), 1),
         "epochs": len(records),
         "train_images_seen": images,
-        "images_per_s": round(images / max(1e-9, sum(r["train_seconds"] for r in records)), 1),
-        "machine": f"{os.cpu_count()} CPU cores (shared), no GPU",
-        "last_epoch": {k: records[-1][k] for k in ("epoch", "val_psnr", "val_ssim") if k in records[-1]}
-        | ({"val_noisy_psnr": records[-1]["val_noisy_psnr"]} if "val_noisy_psnr" in records[-1] else {}),
+        "train_items": "patches" if "--patch-size" in command else "images",
+        "train_seconds": round(train_seconds, 1),
+        "images_per_s": round(images / max(1e-9, train_seconds), 1),
+        "precisions": _distinct(r.get("precision") for r in records) or _distinct([trained.get("precision")]),
+        "threads": _distinct(r.get("threads") for r in records) or _distinct([trained.get("threads")]),
+        **cpu,
+        "device": "cpu" if device == "cpu" else "cuda",
+    }
+    if device != "cpu":
+        facts["gpu"] = device
+    if loads:  # the 1-minute load at each epoch's end: a speed from a busy machine is not a result
+        facts["load_average"] = {"max": max(loads), "mean": round(sum(loads) / len(loads), 2)}
+    return facts
+
+
+def _machine(stage: dict) -> str:
+    units = [unit for unit, has in (("AMX", stage["amx"]), ("AVX-512-BF16", stage["avx512_bf16"])) if has]
+    threads = "/".join(str(t) for t in stage["threads"])
+    gpu = f"GPU {stage['gpu']}" if "gpu" in stage else "no GPU"
+    return f"{stage['cpu']} ({', '.join(units) or 'no native bf16'}), {threads} torch threads, {gpu}"
+
+
+def _training_facts(commands: list[list[str]]) -> dict:
+    """Commands, wall time, speed and machine of every stage of a run (`stages`) and of all together."""
+    stages = [_stage_facts(command) for command in commands]
+    last = read_metrics(_out(commands[-1]))[-1]
+    images = sum(stage["train_images_seen"] for stage in stages)
+    train_seconds = sum(stage["train_seconds"] for stage in stages)
+    return {
+        "command": stages[-1]["command"],
+        "commands": [stage["command"] for stage in stages],
+        "made_by": "bench/make_bundles.py (make bundles)",
+        "wall_seconds": round(sum(stage["wall_seconds"] for stage in stages), 1),
+        "epochs": sum(stage["epochs"] for stage in stages),
+        "train_images_seen": images,
+        "images_per_s": round(images / max(1e-9, train_seconds), 1),
+        "machine": _machine(stages[-1]),
+        "stages": stages,
+        "last_epoch": {k: last[k] for k in ("epoch", "val_psnr", "val_ssim", "val_noisy_psnr") if k in last},
     }
 
 
@@ -168,13 +353,16 @@ def _benchmark(name: str, model_dir: Path) -> tuple[dict, str]:
     from bench import denoise_quality as dq
 
     results: dict = {}
+    # denoise_quality's own per-image cache (keyed by the weights' checksum): it reuses these rows
+    caches = dq.Caches(dq.RESULTS.with_suffix("") / dq.CACHE_VERSION, fresh=set())
+    plan = dq.Plan(caches=caches, sigmas=None, limit=None)
     if name == "denoise-grey":
-        dq.run_grey({"ours": dq.Ours(str(model_dir), threads=2)}, 1, results)
+        dq.run_grey(dq.make_methods(["ours"], str(model_dir), threads=2), 1, plan, results)
         table = {k.removeprefix("grey/").removesuffix("/ours"): _brief(v) for k, v in results.items()}
         bsd25 = results["grey/BSD68/25/ours"]["psnr"]
         summary = f"BSD68 sigma 25: {bsd25:.2f} dB PSNR (BM3D published 28.57)"
     elif name == "denoise-rgb":
-        dq.run_rgb({"ours": dq.Ours(str(model_dir), threads=2)}, results)
+        dq.run_rgb(dq.make_methods(["ours"], str(model_dir), threads=2), plan, results)
         table = {k.removeprefix("rgb/").removesuffix("/ours"): _brief(v) for k, v in results.items()}
         c25 = results["rgb/crops/25/ours"]
         summary = f"held-out colour crops sigma 25: {c25['psnr']:.2f} dB (noisy {c25['noisy_psnr']:.2f})"
@@ -217,7 +405,7 @@ def install(name: str) -> None:
         f"unclipped, seed {HELDOUT_SEED}",
     }
     meta = json.loads((source / "bundle.json").read_text())
-    meta["training"] = _portable(meta["training"]) | _training_facts(name)
+    meta["training"] = _portable(meta["training"]) | _training_facts(COMMANDS[name])
     meta["settings"] = _portable(meta["settings"])
     meta["benchmark"] = benchmark
     meta["heldout"] = heldout
