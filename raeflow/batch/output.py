@@ -3,11 +3,13 @@
 Every file a job writes goes through `OutputDir.put`, which makes it appear whole or not at all:
 on a local disk it is written to a temporary name next to the target and renamed; on an object
 store it is one PUT (or one multipart upload, which also appears only when complete). A rerun
-calls `remove_leftovers` to delete temporary files an interrupted run left behind.
+calls `remove_leftovers` to delete temporary files an interrupted run left behind. `OutputDir.create`
+writes a file only where none is (the job's lease, `raeflow.batch.lease`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import uuid
@@ -86,6 +88,48 @@ class OutputDir:
             with self.fs.open(target, "wb") as handle:
                 yield handle
 
+    def create(self, relpath: str, data: bytes) -> bool:
+        """Write `data` to `relpath` only if nothing is there, whole or not at all; returns whether it wrote.
+
+        Of several writers at the same instant exactly one writes where `creates_exclusively`: a
+        local disk (a hard link from a temporary file, which fails when the name exists) and S3 (a
+        PUT with `If-None-Match: *`). Other stores look, then write.
+        """
+        target = self.path(relpath)
+        if not self.is_local:
+            try:
+                self.fs.pipe_file(target, data, mode="create")
+            except FileExistsError:
+                return False
+            except OSError as err:
+                if _condition_refused(err):  # a conditional PUT in flight for the same key
+                    return False
+                raise
+            return True
+        parent = posixpath.dirname(target)
+        self.fs.makedirs(parent, exist_ok=True)
+        temp = posixpath.join(parent, f"{TEMP_MARK}{uuid.uuid4().hex}-{posixpath.basename(target)}")
+        try:
+            with open(temp, "wb") as handle:
+                handle.write(data)
+            os.link(temp, target)  # fails when `target` exists; readers never see half a file
+        except FileExistsError:
+            return False
+        except OSError as err:
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            return _create_excl(target, data)  # a filesystem without hard links (FAT, some FUSE mounts)
+        finally:
+            if os.path.exists(temp):
+                os.unlink(temp)
+        return True
+
+    @property
+    def creates_exclusively(self) -> bool:
+        """Whether `create` can never write twice (local disks, S3); elsewhere two writers may both write."""
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, (tuple, list)) else (self.fs.protocol,)
+        return self.is_local or "s3" in protocols
+
     def exists(self, relpath: str) -> bool:
         """Whether `relpath` exists."""
         return bool(self.fs.exists(self.path(relpath)))
@@ -95,8 +139,11 @@ class OutputDir:
         return bytes(self.fs.cat_file(self.path(relpath)))
 
     def list(self, reldir: str) -> list[str]:
-        """Names of the files directly inside `reldir` (empty if it does not exist)."""
+        """Names of the files directly inside `reldir` now (empty if it does not exist)."""
         folder = self.path(reldir) if reldir else self.root
+        self.fs.invalidate_cache(
+            folder
+        )  # s3fs answers from earlier listings; another job may have written since
         try:
             entries = self.fs.ls(folder, detail=False)
         except FileNotFoundError:
@@ -130,3 +177,22 @@ class OutputDir:
         for path in leftovers:
             self.fs.rm(path)
         return len(leftovers)
+
+
+def _create_excl(path: str, data: bytes) -> bool:
+    """`OutputDir.create` where hard links are missing: O_EXCL, so the file is briefly empty."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    return True
+
+
+def _condition_refused(err: OSError) -> bool:
+    """Whether an object store refused a conditional write: 412 PreconditionFailed without the
+    condition named (which s3fs turns into FileExistsError), or 409 ConditionalRequestConflict."""
+    response = getattr(err.__cause__, "response", None) or {}
+    code = response.get("Error", {}).get("Code", "")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
