@@ -1,6 +1,7 @@
 """The bookkeeping files of a batch job: `_manifest/`, `_rejected/`, `_SUCCESS`, and resume.
 
     _manifest/job.json                   what job this folder holds: kind, model fingerprint, settings
+    _manifest/lease.json                 which run writes the folder now (`raeflow.batch.lease`)
     _manifest/shard-00007.json           one per finished input shard: rows in/out/rejected, its files,
                                          bytes, the nodes that wrote them, seconds
     _manifest/keys-00007.bin             8-byte hashes of the shard's keys (the key-collision check)
@@ -10,7 +11,8 @@
 The workers write the outputs and `_rejected/` parts; the driver writes a shard's record only
 after every row of the shard is accounted for by written parts, so a record means the shard is
 complete. A rerun skips recorded shards, deletes the partial outputs of the others and redoes
-them. A folder that holds another job (another model or other output settings) is refused.
+them. A folder that holds another job (another model or other output settings) is refused; so is
+one that another run writes now (its lease), and a run that lost its lease writes no more records.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from raeflow import __version__
+from raeflow.batch.lease import Lease
 from raeflow.batch.output import OutputDir
 from raeflow.errors import JobError
 
@@ -76,8 +79,10 @@ def keys_name(index: int) -> str:
 class Manifest:
     """Reads and writes the bookkeeping files of one output folder."""
 
-    def __init__(self, out: OutputDir) -> None:
+    def __init__(self, out: OutputDir, lease: Lease | None = None) -> None:
         self.out = out
+        self.lease = lease
+        """The run's lease on the folder: records and `_SUCCESS` are written only while it is held."""
 
     def check(self, job: str, fingerprint: str, settings: dict[str, Any], num_shards: int) -> bool:
         """Whether the folder already holds this job (a rerun); reads only.
@@ -118,11 +123,13 @@ class Manifest:
         self.out.put(JOB_FILE, json.dumps(body, indent=1, sort_keys=True).encode())
         return False
 
-    def finished(self) -> dict[int, ShardRecord]:
-        """Records of the shards finished so far, by shard index."""
-        records = {}
+    def finished(self, known: dict[int, ShardRecord] | None = None) -> dict[int, ShardRecord]:
+        """Records of the shards finished so far, by shard index; those in `known` are not read again."""
+        records = dict(known or {})
         for name in self.out.list(MANIFEST_DIR):
             if name.startswith("shard-") and name.endswith(".json"):
+                if name[6:-5].isdigit() and int(name[6:-5]) in records:
+                    continue
                 body = json.loads(self.out.read(f"{MANIFEST_DIR}/{name}"))
                 body["outputs"] = tuple(body.get("outputs", ()))
                 body["nodes"] = tuple(body.get("nodes", ()))
@@ -132,7 +139,11 @@ class Manifest:
         return records
 
     def write_record(self, record: ShardRecord, hashes: np.ndarray) -> None:
-        """Mark a shard finished (its key hashes first); call only when all its outputs are written."""
+        """Mark a shard finished (its key hashes first); call only when all its outputs are written.
+
+        Raises `JobError` when the run no longer holds the folder's lease."""
+        if self.lease is not None:
+            self.lease.ensure_held()
         self.out.put(keys_name(record.shard), hashes.astype("<u8").tobytes())
         self.out.put(record_name(record.shard), json.dumps(asdict(record), sort_keys=True).encode())
 
@@ -156,7 +167,9 @@ class Manifest:
         return removed
 
     def mark_success(self, summary: dict[str, Any]) -> None:
-        """Write `_SUCCESS` (the job's summary as JSON)."""
+        """Write `_SUCCESS` (the job's summary as JSON); `JobError` when the run lost the folder's lease."""
+        if self.lease is not None:
+            self.lease.ensure_held()
         self.out.put(SUCCESS_FILE, json.dumps(summary, indent=1, sort_keys=True, default=str).encode())
 
     def clear_success(self) -> None:

@@ -13,7 +13,8 @@
 No output byte passes through the driver and there is no `preserve_order`: how a shard's
 completion is known is described in `raeflow.batch.ledger`. A rerun of the same command skips
 recorded shards, deletes the partial outputs of the others (`PartWriter.part_prefixes`, temporary
-files) and redoes them, so every key ends up in the output exactly once.
+files) and redoes them, so every key ends up in the output exactly once. Which is why one job at a
+time writes a folder: the driver holds its lease (`raeflow.batch.lease`) from connecting to the end.
 
 How a job plugs in (embed, denoise and report all do exactly this):
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -43,6 +45,7 @@ import pyarrow as pa
 
 from raeflow.batch.config import RunOptions
 from raeflow.batch.decoding import DECODED_SCHEMA, BatchSource, DecodeSpec
+from raeflow.batch.lease import Lease
 from raeflow.batch.ledger import KeyIndex, OpenShard
 from raeflow.batch.location import check_out_outside_data, resolved_uri
 from raeflow.batch.manifest import REJECTED_DIR, Manifest, ShardRecord
@@ -109,9 +112,10 @@ def run_batch_job(job: BatchJob) -> JobSummary:
     """Run `job` over every unfinished shard of its source; returns the summary of the whole folder.
 
     Raises `ConfigError` when --out lies inside --data, `JobError` when the folder holds another
-    run, or when more than `run.max_rejected` of the images were rejected (the outputs of the good
-    images are kept, `_SUCCESS` is not written). Nothing is written before Ray is reachable.
-    Ctrl-C raises `JobInterrupted`, saying what is committed and that the same command resumes.
+    run, when another job writes it now (`raeflow.batch.lease`), or when more than
+    `run.max_rejected` of the images were rejected (the outputs of the good images are kept,
+    `_SUCCESS` is not written). Nothing is written before Ray is reachable. Ctrl-C raises
+    `JobInterrupted`, saying what is committed and that the same command resumes.
     """
     job.run.validate()
     started = time.monotonic()
@@ -120,10 +124,28 @@ def run_batch_job(job: BatchJob) -> JobSummary:
         check_out_outside_data(settings["data"], job.out.uri)
         settings["data"] = resolved_uri(settings["data"])
     shards = job.source.list_shards()
-    manifest = Manifest(job.out)
+    lease = Lease(job.out, job.name)
+    lease.check()  # another job writing --out now: refused before connecting to Ray
+    manifest = Manifest(job.out, lease)
     manifest.check(job.name, job.fingerprint, settings, len(shards))
     done = manifest.finished()
     check_same_shards(job.out, shards, done)
+    try:
+        return _run(job, lease, manifest, settings, shards, done, started)
+    finally:
+        lease.release()
+
+
+def _run(
+    job: BatchJob,
+    lease: Lease,
+    manifest: Manifest,
+    settings: dict[str, Any],
+    shards: list[Shard],
+    done: dict[int, ShardRecord],
+    started: float,
+) -> JobSummary:
+    """`run_batch_job` once the folder is known to fit the job: take its lease, run, summarise."""
     pending = [shard for shard in shards if shard.index not in done]
     received = [0]
     with Progress(job.name, quiet=job.run.quiet) as progress:
@@ -132,18 +154,25 @@ def run_batch_job(job: BatchJob) -> JobSummary:
             try:
                 _count_in_background(job.source, pending, progress)
                 _connect(job.run)  # before anything is written: an unreachable cluster writes nothing
+                _take_lease(lease, progress)
+                # A job that ran between the first look and the lease may have finished shards.
+                done = manifest.finished(known=done)
+                check_same_shards(job.out, shards, done)
+                pending = [shard for shard in pending if shard.index not in done]
                 manifest.claim(job.name, job.fingerprint, settings, len(shards))
-                manifest.clear_success()
-                job.out.remove_leftovers()
-                prefixes = [*job.writer.part_prefixes(), (REJECTED_DIR, "part-")]
-                manifest.remove_partial(prefixes, {shard.index for shard in pending})
-                progress.say(_plan_line(job.source, shards, pending, done))
-                for record in _stream(job, pending, manifest, progress, received):
-                    done[record.shard] = record
+                if pending:
+                    manifest.clear_success()
+                    job.out.remove_leftovers()
+                    prefixes = [*job.writer.part_prefixes(), (REJECTED_DIR, "part-")]
+                    manifest.remove_partial(prefixes, {shard.index for shard in pending})
+                    progress.say(_plan_line(job.source, shards, pending, done))
+                    for record in _stream(job, pending, manifest, progress, received):
+                        done[record.shard] = record
             except KeyboardInterrupt as interrupt:
                 message = interrupted_message(job.out.url(), len(shards), done, num_before)
                 raise JobInterrupted(message) from interrupt
         else:
+            _take_lease(lease, progress)
             manifest.claim(job.name, job.fingerprint, settings, len(shards))
     keys = KeyIndex()
     for index in sorted(done):
@@ -161,6 +190,17 @@ def run_batch_job(job: BatchJob) -> JobSummary:
     summary.outputs += job.writer.end_job(job.out, summary)
     manifest.mark_success(summary.as_dict())
     return summary
+
+
+def _take_lease(lease: Lease, progress: Progress) -> None:
+    """Take the folder's lease; a dead job's lease taken over is said even with --quiet."""
+    line = lease.acquire()
+    if line is None:
+        return
+    if progress.quiet:
+        print(f"[{progress.label}] {line}", file=sys.stderr, flush=True)
+    else:
+        progress.say(line)
 
 
 def check_same_shards(out: OutputDir, shards: list[Shard], done: dict[int, ShardRecord]) -> None:
