@@ -12,9 +12,10 @@ It stands between s3fs and the moto server and, for each request, draws one of:
 - nothing: the request is forwarded and answered as the store answered it.
 
 `stall(seconds, when)` holds the answer to the next request that `when` accepts for `seconds`
-(the store has applied it; the client waits, or gives up on its own timeout). `storm(failures)`
-answers `500 InternalError` to the first `failures` tries of every request (the same method and
-path), whatever the rates: an outage that a client outlasts only with enough attempts. `counts`
+(the store has applied it; the client waits, or gives up on its own timeout). `fail_next(fault,
+when)` gives one chosen request one chosen fault. `storm(failures)` answers `500 InternalError`
+to the first `failures` tries of every request (the same method and path), whatever the rates: an
+outage that a client outlasts only with enough attempts. `counts`
 says what was done, so a test can check that the faults really happened.
 """
 
@@ -73,6 +74,7 @@ class FaultyStore:
         self._lock = threading.Lock()
         self._stall: tuple[float, Callable[[Request], bool]] | None = None
         self._storm = 0
+        self._planned: list[tuple[str, Callable[[Request], bool]]] = []
         self._tries: Counter[tuple[str, str]] = Counter()
         self._closing = threading.Event()
         store = self
@@ -101,6 +103,12 @@ class FaultyStore:
         with self._lock:
             self._stall = (seconds, when)
 
+    def fail_next(self, fault: str, when: Callable[[Request], bool]) -> None:
+        """Give the next request that `when` accepts the fault `fault` (`503`, `500`, `reset_upload`,
+        `reset_answer`), once, whatever the rates."""
+        with self._lock:
+            self._planned.append((fault, when))
+
     def storm(self, failures: int) -> None:
         """Answer `500 InternalError` to the first `failures` tries of each request from now on."""
         with self._lock:
@@ -126,8 +134,13 @@ class FaultyStore:
                 self.counts["stalled"] += 1
             draw = self._random.random()
             self._tries[request.method, request.target] += 1
+            planned = next((p for p in self._planned if p[1](request)), None)
+            if planned is not None:
+                self._planned.remove(planned)
             if stall:
                 fault = "stalled"
+            elif planned is not None:
+                fault = planned[0]
             elif self._tries[request.method, request.target] <= self._storm:
                 fault = "500"
             elif draw < self.error_rate:
