@@ -293,6 +293,8 @@ class Lease:
             if held is None:  # released meanwhile, or a conditional write of another job in flight
                 time.sleep(0.2)
                 continue
+            if held == mine:  # our create was applied but its answer lost: s3fs's retry got 412
+                return None
             age = self.age(held)
             reason = self.why_free(held, age)
             if reason is None:

@@ -38,7 +38,8 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-from raeflow.batch.output import TEMP_MARK
+from raeflow.batch.lease import LEASE_FILE, Lease
+from raeflow.batch.output import TEMP_MARK, OutputDir
 from raeflow.data import images
 from raeflow.data.sources.location import STORE_RETRIES
 from tests.batch.inputs import write_digit_parquet
@@ -92,6 +93,23 @@ def test_the_store_fails_like_a_busy_object_store(s3_server: str) -> None:
     assert body == b"x" * 3000 and time.monotonic() - started >= 1.0
     assert calm.counts["stalled"] == 1 and not calm.stall_pending
     calm.close()
+
+
+def test_a_lease_whose_answer_was_lost_is_still_the_jobs_own(s3_server: str) -> None:
+    """The store applies the lease's conditional PUT but the answer is lost: s3fs sends it again and
+    gets 412 (the lease is there, and it is ours). The job goes on rather than refuse itself."""
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=f"{BUCKET}-lease")
+    store = FaultyStore(s3_server, error_rate=0.0, reset_rate=0.0)
+    store.fail_next("reset_answer", when=lambda r: r.method == "PUT" and "lease.json" in r.target)
+    lease = Lease(OutputDir(f"s3://{BUCKET}-lease/out", {"endpoint_url": store.url}), "embed")
+    try:
+        assert lease.acquire() is None
+        assert store.counts["reset_answer"] == 1
+        assert lease.read() == lease.holder
+    finally:
+        lease.release()
+        store.close()
+    assert not OutputDir(f"s3://{BUCKET}-lease/out", {"endpoint_url": s3_server}).exists(LEASE_FILE)
 
 
 @pytest.mark.parametrize(
