@@ -6,6 +6,7 @@ processes inherit the same `AWS_*` settings as the test process and reach the sa
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import sys
@@ -72,7 +73,10 @@ def s3_bucket(s3_server: str, request: pytest.FixtureRequest) -> str:
     """A fresh, empty bucket for one test; yields `s3://<name>`."""
     import boto3
 
-    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
+    readable = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    # A digest of the whole id: two parametrizations whose names agree in their first 40 characters
+    # must not share a bucket (bucket names stop at 63 characters).
+    name = f"t-{readable}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:10]}"
     client = boto3.client("s3", endpoint_url=s3_server)
     client.create_bucket(Bucket=name)
     return f"s3://{name}"

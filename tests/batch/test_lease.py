@@ -251,14 +251,18 @@ def test_an_out_that_is_a_file_is_left_to_the_manifest_check(tmp_path: Path) -> 
 
 
 def test_a_batch_job_is_refused_while_another_writes_its_out_and_returns_the_lease_when_done(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Through `run_batch_job`, on a folder whose shards are all done (so no Ray is needed)."""
+    from raeflow.batch import runner
     from raeflow.batch.config import RunOptions
     from raeflow.batch.decoding import DecodeSpec
     from raeflow.batch.mirror import FolderMirror
     from raeflow.batch.predictors import DenoisePredictor
     from raeflow.batch.runner import BatchJob, run_batch_job
+
+    connects: list[RunOptions] = []
+    monkeypatch.setattr(runner, "_connect", connects.append)
     from raeflow.data.sources.folder import FolderSource
 
     (tmp_path / "in").mkdir()
@@ -286,4 +290,4 @@ def test_a_batch_job_is_refused_while_another_writes_its_out_and_returns_the_lea
         running.release()
     summary = run_batch_job(job)
     assert summary.images_out == 2 and out.exists("_SUCCESS") and _lease_on(out) is None
-    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+    assert connects == []  # neither the refused job nor the finished one needed a cluster
