@@ -174,3 +174,22 @@ def test_training_facts_record_each_stage_and_the_machine(tmp_path: Path) -> Non
         == "Intel(R) Xeon(R) Platinum 8480+ (AMX, AVX-512-BF16), 2 torch threads, GPU NVIDIA H200"
     )
     assert facts["last_epoch"] == {"epoch": 3, "val_psnr": 28.03, "val_ssim": 0.8}
+
+
+def test_a_noise_free_rows_infinite_psnr_is_written_as_null_so_bundle_json_stays_strict() -> None:
+    row = {
+        "psnr": 41.123456,
+        "ssim": 0.98,
+        "noisy_psnr": float("inf"),
+        "seconds_per_image": 0.5,
+        "images": 17,
+    }
+    brief = mb._brief(row)
+    assert brief == {
+        "psnr": 41.1235,
+        "ssim": 0.98,
+        "noisy_psnr": None,
+        "seconds_per_image": 0.5,
+        "images": 17,
+    }
+    json.loads(json.dumps(brief, allow_nan=False))  # no Infinity token: strict readers accept it
