@@ -80,7 +80,11 @@ class TrainConfig:
     keep_checkpoints: int = 2
     """How many checkpoints Ray Train keeps in the run folder."""
     max_failures: int = 0
-    """Restart a worker group that lost a worker up to K times, from the last checkpoint."""
+    """Restart from the last checkpoint up to K times after a worker fails on a node that is still there."""
+    max_node_losses: int = 5
+    """Restart from the last checkpoint up to K times after a worker's node goes away (-1: always)."""
+    node_wait: float = 600.0
+    """After such a restart: seconds to wait for room for --workers workers before failing."""
     resume: bool = False
     """Require an existing run in --out and continue it (a rerun into the same --out resumes anyway)."""
     address: str | None = None
@@ -140,6 +144,12 @@ class TrainConfig:
             raise ConfigError(f"--beta must be zero or positive, got {self.beta}")
         if self.max_failures < -1:
             raise ConfigError(f"--max-failures must be -1 (retry forever) or more, got {self.max_failures}")
+        if self.max_node_losses < -1:
+            raise ConfigError(
+                f"--max-node-losses must be -1 (restart always) or more, got {self.max_node_losses}"
+            )
+        if self.node_wait <= 0:
+            raise ConfigError(f"--node-wait must be a positive number of seconds, got {self.node_wait:g}")
         if self.placement not in PLACEMENTS:
             raise ConfigError(f"--placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
         if self.patch_size is not None:

@@ -50,6 +50,9 @@ FAIL_AT_ENV = "RAEFLOW_TEST_FAIL_AT"
 """Test hook: `rank:R,step:S` makes rank R exit abruptly at global step S, once (see FAIL_MARKER_ENV)."""
 FAIL_MARKER_ENV = "RAEFLOW_TEST_FAIL_MARKER"
 """Test hook: a file created when the failure fires, so a restarted worker group does not fail again."""
+HOLD_AT_ENV = "RAEFLOW_TEST_HOLD_AT"
+"""Test hook: `rank:R,step:S` makes rank R stop at global step S, once, and wait there for its node to be
+taken away; the marker file (FAIL_MARKER_ENV) says `node <id>` first, so the test knows which node."""
 MIN_LR_FACTOR = 0.1
 """The cosine schedule ends at this fraction of --lr."""
 
@@ -137,16 +140,24 @@ def _gather_from_workers(value: Any) -> list[Any]:
     return [value]
 
 
-def _maybe_fail_for_test(rank: int, step: int) -> None:
-    """Exit abruptly when the test hook names this rank and step and has not fired before."""
-    spec = os.environ.get(FAIL_AT_ENV)
-    if not spec:
-        return
-    target = dict(part.split(":", 1) for part in spec.split(","))
+def _test_hooks(rank: int, step: int, node_id: str) -> None:
+    """FAIL_AT_ENV / HOLD_AT_ENV: at the named rank and step, once, exit abruptly or stop and wait."""
     marker = Path(os.environ.get(FAIL_MARKER_ENV, Path(tempfile.gettempdir()) / "raeflow-test-fail-marker"))
-    if int(target["rank"]) == rank and int(target["step"]) == step and not marker.exists():
-        marker.write_text(f"rank {rank} failed at step {step}\n")
-        os._exit(1)
+    for name in (FAIL_AT_ENV, HOLD_AT_ENV):
+        spec = os.environ.get(name)
+        if not spec or marker.exists():
+            continue
+        target = dict(part.split(":", 1) for part in spec.split(","))
+        if int(target["rank"]) != rank or int(target["step"]) != step:
+            continue
+        what = "failed" if name == FAIL_AT_ENV else "held"
+        partial = marker.with_name(marker.name + ".partial")  # renamed: the test never reads half a line
+        partial.write_text(f"node {node_id}\nrank {rank} {what} at step {step}\n")
+        partial.replace(marker)
+        if name == FAIL_AT_ENV:
+            os._exit(1)
+        while True:  # mid-epoch, until the node goes (its peers wait in their next all-reduce)
+            time.sleep(1.0)
 
 
 def _as_images(batch: dict[str, Any], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,7 +241,7 @@ class EpochRunner:
                 recon = out["recon"].detach().clamp(0, 1)
                 rows = self._grid_rows(clean, inputs, recon, labels, with_samples=False)
                 write_grid(rows, f"{self.config.out.rstrip('/')}/grids/step-{self.state.step:07d}.png")
-            _maybe_fail_for_test(self.runtime.rank, self.state.step)
+            _test_hooks(self.runtime.rank, self.state.step, self.runtime.node_id)
         return {"loss_sum": loss_sum, "images": num_images, "seconds": time.perf_counter() - start}
 
     @torch.no_grad()

@@ -1,15 +1,20 @@
 """`<out>/metrics.jsonl`: one JSON line per finished epoch, the record a user (and the tests) read.
 
-Written by rank 0 only, after the epoch's checkpoint is saved, so every line belongs to an epoch a
-resumed run will not redo. Buckets have no append, so each write rewrites the (small) file.
+Written by rank 0 only, after each epoch; a worker group that restarts from a checkpoint first drops
+the lines of the epochs after it (`keep_epochs_up_to`), so each epoch has one line, in order, however
+often it was trained. Buckets have no append, so each write rewrites the (small) file: one PUT on a
+bucket, a temporary file renamed over it on a local disk, so a worker that dies mid-write (its node
+taken away) leaves the previous file whole.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -42,8 +47,15 @@ class MetricsLog:
     def _write(self, records: list[dict[str, Any]]) -> None:
         parent = self.path.rsplit("/", 1)[0]
         self.fs.makedirs(parent, exist_ok=True)
-        with self.fs.open(self.path, "w") as handle:
-            handle.writelines(json.dumps(record) + "\n" for record in records)
+        text = "".join(json.dumps(record) + "\n" for record in records)
+        if not isinstance(self.fs, LocalFileSystem):
+            with self.fs.open(self.path, "w") as handle:
+                handle.write(text)
+            return
+        partial = f"{parent}/.{METRICS_FILE}.{os.getpid()}.partial"  # hidden: source listings skip it
+        with open(partial, "w") as handle:
+            handle.write(text)
+        os.replace(partial, self.path)
 
 
 def format_epoch(record: dict[str, Any]) -> str:

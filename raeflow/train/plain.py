@@ -145,6 +145,8 @@ def _parser() -> argparse.ArgumentParser:
         "cpus_per_worker",
         "address",
         "max_failures",
+        "max_node_losses",
+        "node_wait",
         "placement",
         "resume",
         "storage_options",

@@ -6,9 +6,10 @@ The driver reads one image to plan the run (`plan.py`), builds two streaming Ray
 (training and validation split, decoded to the model's size in map tasks) that Ray Train splits
 across the workers, and starts the trainer with the run's storage at `<out>/checkpoints/`
 (`RunConfig(storage_path=<out>, name="checkpoints")`). Running the same command into the same
-`--out` again continues from the latest checkpoint there; `--max-failures K` restarts a worker
-group that lost a worker from its latest checkpoint. While the trainer runs, the driver prints
-each epoch's line as rank 0 adds it to `<out>/metrics.jsonl`.
+`--out` again continues from the latest checkpoint there, and the driver does the same by itself
+after a worker's node goes away (`--max-node-losses`) or a worker fails (`--max-failures`), saying
+so (`restarts.py`). While the trainer runs, the driver prints each epoch's line as rank 0 adds it
+to `<out>/metrics.jsonl`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from raeflow.train.config import TrainConfig
 from raeflow.train.loop import (
     FAIL_AT_ENV,
     FAIL_MARKER_ENV,
+    HOLD_AT_ENV,
     load_initial_weights,
     train_worker,
     worker_threads,
@@ -54,9 +56,19 @@ from raeflow.train.loop import (
 )
 from raeflow.train.metrics_log import MetricsLog, format_epoch
 from raeflow.train.plan import RunPlan, plan_run
+from raeflow.train.restarts import (
+    SNAPSHOT_FILE,
+    Failure,
+    Restarts,
+    alive_nodes,
+    checkpoint_epoch,
+    classify,
+    failure_line,
+    gone_node,
+    is_start_timeout,
+    start_timeout,
+)
 
-SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
-"""Ray Train's record of a run's checkpoints; its presence in `<out>/checkpoints/` means resumable."""
 DECODE_BATCH_ROWS = 256
 """Rows per Ray Data decode task batch."""
 
@@ -79,6 +91,8 @@ class TrainSummary:
     """The last epoch's metrics record."""
     warning: str | None = None
     """Set when the model ends worse than its noisy input (`loop.worse_than_input`), with what to try."""
+    restarts: list[str] = field(default_factory=list)
+    """One line per restart from a checkpoint during this command (`restarts.Restarts.lines`)."""
 
 
 class RayRuntime:
@@ -223,11 +237,12 @@ class _EpochPrinter:
         self.log, self.echo = log, echo
         self.seen = {(r.get("epoch"), r.get("restored_from_epoch")) for r in log.read()}
         self.stop = threading.Event()
+        self.lock = threading.Lock()  # the thread and `say` both print new records
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.progress = Progress("train", unit="epochs", plain_lines=False)
 
     def _print_new(self) -> None:
-        with contextlib.suppress(Exception):  # a half-written file is read again next time
+        with self.lock, contextlib.suppress(Exception):  # a file being replaced is read again next time
             for record in self.log.read():
                 key = (record.get("epoch"), record.get("restored_from_epoch"))
                 if key not in self.seen:
@@ -238,14 +253,25 @@ class _EpochPrinter:
         if self.progress.total is None and record.get("epochs"):
             self.progress.set_total(int(record["epochs"]))
             self.progress.done = int(record.get("epoch", 1)) - 1  # a resumed run starts part way
+        ahead = max(0, int(record.get("epoch", 0)) - self.progress.done)  # 0 for an epoch done again
         if console.is_quiet():
-            self.progress.advance(1)
+            self.progress.advance(ahead)
             return
         if self.progress.live:
             self.progress.say(format_epoch(record))
         else:
             self.echo(format_epoch(record))
-        self.progress.advance(1)
+        self.progress.advance(ahead)
+
+    def say(self, line: str) -> None:
+        """Show a line between the epochs' (a restart), unless --quiet: the summary repeats it."""
+        if console.is_quiet():
+            return
+        self._print_new()  # the epochs before it first
+        if self.progress.live:
+            self.progress.say(line)
+        else:
+            self.echo(line)
 
     def _run(self) -> None:
         while not self.stop.wait(1.0):
@@ -262,21 +288,76 @@ class _EpochPrinter:
         self.progress.close()
 
 
-def _failure_line(err: Exception) -> str:
-    """What went wrong on which rank, in one line, from a Ray Train failure."""
-    failures = getattr(err, "worker_failures", None) or {}
-    parts = []
-    for rank, failure in sorted(failures.items()):
-        lines = [line.strip() for line in str(failure).splitlines() if line.strip()]
-        telling = next(
-            (line for line in lines if "Error" in line or "died" in line), lines[0] if lines else ""
-        )
-        parts.append(f"rank {rank}: {type(failure).__name__}: {telling[:160]}")
-    if parts:
-        parts.sort(key=lambda part: "died" not in part)  # the rank that died first, its peers' echoes after
-        return "; ".join(parts)
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return (lines[-1] if lines else type(err).__name__)[:300]
+def _make_trainer(
+    config: TrainConfig, source, plan: RunPlan, cpus: float, *, restarted: bool
+) -> ray.train.torch.TorchTrainer:
+    """The run's TorchTrainer; Ray Train retries nothing itself (`restarts.py` says why)."""
+    test_env = {
+        name: os.environ[name] for name in (FAIL_AT_ENV, HOLD_AT_ENV, FAIL_MARKER_ENV) if name in os.environ
+    }
+    storage_path, storage_fs = _storage(config.out)
+    return ray.train.torch.TorchTrainer(
+        _train_fn_per_worker,
+        train_loop_config={"config": config, "plan": plan, "cpus": cpus},
+        scaling_config=ScalingConfig(
+            num_workers=config.workers,
+            use_gpu=config.gpu,
+            resources_per_worker={"CPU": cpus, **({"GPU": 1} if config.gpu else {})},
+            placement_strategy=config.placement.upper(),
+        ),
+        run_config=RunConfig(
+            name=CHECKPOINTS_DIR,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            # A first start waits for room as long as Ray does (-1); a restart gives up after its start
+            # timeout (--node-wait, set by `restarts.start_timeout`), with one line.
+            failure_config=FailureConfig(  # type: ignore[call-arg]  # Train V2's (mypy sees V1's)
+                max_failures=0, max_preemption_failures=0, controller_failure_limit=0 if restarted else -1
+            ),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
+            worker_runtime_env={"env_vars": test_env} if test_env else None,  # type: ignore[call-arg]
+        ),
+        datasets=build_datasets(config, source, plan),
+        # --limit takes the first N rows in source order, so the same images every epoch and rerun.
+        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True))
+        if config.limit
+        else None,
+    )
+
+
+def _fit_with_restarts(config: TrainConfig, source, plan: RunPlan, printer: _EpochPrinter) -> list[str]:
+    """Run the trainer to the end; after a lost node (--max-node-losses) or a failed worker
+    (--max-failures) run it again from the latest checkpoint. Returns one line per restart."""
+    cpus = config.worker_cpus(local=resolve_address(config.address) is None)
+    restarts = Restarts(config)
+    while True:
+        restarted = bool(restarts.lines)
+        nodes = alive_nodes()
+        try:
+            with start_timeout(config.node_wait if restarted else None):
+                _make_trainer(config, source, plan, cpus, restarted=restarted).fit()
+            return restarts.lines
+        except ray.train.TrainingFailedError as err:
+            if restarted and is_start_timeout(err):
+                raise JobError(restarts.no_room(cpus)) from None
+            line = failure_line(err)
+            failure = classify(err, line)
+            gone = gone_node(nodes) if failure.kind == "worker" else None  # Ray may not know yet
+            failure = Failure("node", gone) if gone else failure
+            if not restarts.allows(failure):
+                raise JobError(_failed(config, line, failure)) from None
+            records = printer.log.read()
+            epoch = min(config.epochs, (records[-1]["epoch"] if records else 0) + 1)  # the one under way
+            printer.say(restarts.record(failure, epoch, checkpoint_epoch(config.out)))
+
+
+def _failed(config: TrainConfig, line: str, failure: Failure) -> str:
+    """The one-line error of a run that is not restarted again."""
+    checkpointed = has_checkpoint(config.out)
+    where = "from its latest checkpoint" if checkpointed else "(no checkpoint yet: from scratch)"
+    option = {"node": "--max-node-losses", "worker": "--max-failures"}.get(failure.kind)
+    retry = f", or raise {option} to retry automatically" if option else ""
+    return f"training failed ({line}); rerun the same command to continue {where}{retry}"
 
 
 def run_training(config: TrainConfig, echo=print) -> TrainSummary:
@@ -296,51 +377,15 @@ def run_training(config: TrainConfig, echo=print) -> TrainSummary:
     elif config.init_from:  # refused here, before Ray starts, when the weights do not fit
         load_initial_weights(create_model(plan.model_name, **plan.model_args), config.init_from)
     log = MetricsLog(config.out)
-    previous = [r["epoch"] for r in log.read()] if resumable else []
+    resumed_from = max((r["epoch"] for r in log.read()), default=0) if resumable else 0
     _connect(config)
-    storage_path, storage_fs = _storage(config.out)
-    test_env = {name: os.environ[name] for name in (FAIL_AT_ENV, FAIL_MARKER_ENV) if name in os.environ}
-    cpus = config.worker_cpus(local=resolve_address(config.address) is None)
-    trainer = ray.train.torch.TorchTrainer(
-        _train_fn_per_worker,
-        train_loop_config={"config": config, "plan": plan, "cpus": cpus},
-        scaling_config=ScalingConfig(
-            num_workers=config.workers,
-            use_gpu=config.gpu,
-            resources_per_worker={"CPU": cpus, **({"GPU": 1} if config.gpu else {})},
-            placement_strategy=config.placement.upper(),
-        ),
-        run_config=RunConfig(
-            name=CHECKPOINTS_DIR,
-            storage_path=storage_path,
-            storage_filesystem=storage_fs,
-            failure_config=FailureConfig(max_failures=config.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=config.keep_checkpoints),
-            worker_runtime_env={"env_vars": test_env} if test_env else None,  # type: ignore[call-arg]
-        ),
-        datasets=build_datasets(config, source, plan),
-        # --limit takes the first N rows in source order, so the same images every epoch and rerun.
-        dataset_config=DataConfig(execution_options=ExecutionOptions(preserve_order=True))
-        if config.limit
-        else None,
-    )
-    resumed_from = max(previous, default=0)
     if resumed_from:
         echo(f"continuing the run in {config.out} after epoch {resumed_from}")
     start = time.perf_counter()
-    try:
-        with _EpochPrinter(log, echo):
-            trainer.fit()
-    except ray.train.TrainingFailedError as err:
-        where = (
-            "from its latest checkpoint"
-            if has_checkpoint(config.out)
-            else "(no checkpoint yet: from scratch)"
-        )
-        raise JobError(
-            f"training failed ({_failure_line(err)}); rerun the same command to continue {where}, "
-            "or raise --max-failures to retry automatically"
-        ) from None
+    with _EpochPrinter(log, echo) as printer:
+        restarts = _fit_with_restarts(config, source, plan, printer)
+    for line in restarts:  # the summary's first lines, --quiet too
+        echo(line)
     bundle = f"{config.out.rstrip('/')}/model"
     meta = read_bundle_meta(bundle)
     records = log.read()
@@ -352,4 +397,5 @@ def run_training(config: TrainConfig, echo=print) -> TrainSummary:
         seconds=time.perf_counter() - start,
         last=records[-1] if records else {},
         warning=worse_than_input(records[-1]) if records else None,
+        restarts=restarts,
     )
