@@ -40,7 +40,7 @@ from datetime import timezone
 from pathlib import Path
 
 from raeflow import __version__
-from raeflow.batch.output import OutputDir
+from raeflow.batch.output import OutputDir, no_space
 from raeflow.errors import JobError
 from raeflow.progress import format_duration
 
@@ -190,17 +190,21 @@ class Lease:
                 raise JobError(self._refusal(held, age))
 
     def acquire(self) -> str | None:
-        """Take the lease, or raise `JobError` naming the job that holds it. Returns the line to print
-        when a dead job's lease was taken over (None otherwise); starts renewing it."""
+        """Take the lease, or raise `JobError` naming the job that holds it (or saying that the
+        folder's disk is full). Returns the line to print when a dead job's lease was taken over
+        (None otherwise); starts renewing it."""
         mine = Holder.this_process(self.kind, self.out.url())
         _HELD.add(mine.job)  # from its first write: another job of this process must not think it gone
         try:
             line = self._take(mine)
-        except BaseException:  # refused, a store error, or Ctrl-C (maybe just after our create)
+        except BaseException as err:  # refused, a store error, or Ctrl-C (maybe just after our create)
             _HELD.discard(mine.job)
             with contextlib.suppress(Exception):
                 if self.read() == mine:
                     self._delete()
+            found = no_space(err) if isinstance(err, OSError) else None
+            if found is not None:
+                raise self.out.no_space_error(found) from None
             raise
         self.holder = mine
         self._renewed_at = time.monotonic()
@@ -222,6 +226,9 @@ class Lease:
             )
         silent = time.monotonic() - self._renewed_at
         if silent > self.stale - self.heartbeat:
+            found = no_space(self._error) if self._error is not None else None
+            if found is not None:  # the disk filled up: what to do is free space, not wait
+                raise self.out.no_space_error(found)
             raise JobError(
                 f"could not renew the lease on --out {self.out.url()} for {format_duration(silent)} "
                 f"({self._error}); this job stops, since another job may take the folder over now; "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import posixpath
 import tarfile
+from collections.abc import Iterator
 
 import fsspec
 import pyarrow as pa
@@ -185,28 +186,24 @@ class WebDatasetMirror(_ContainerMirror):
             with tarfile.open(fileobj=raw, mode="r|*") as reader, out.open_atomic(name) as handle:
                 with tarfile.open(fileobj=handle, mode="w|") as writer:
                     sample, key = -1, None
-                    try:
-                        for member in reader:
-                            match = WDS_MEMBER.match(member.name) if member.isfile() else None
-                            if match is None:
-                                continue  # the source skips it too: not part of any sample
-                            if match.group(1) != key:  # the source's rule: a new key starts a sample
-                                sample, key = sample + 1, match.group(1)
-                            self._copy_member(reader, writer, member, match.group(2), images.get(sample))
-                    except (tarfile.TarError, OSError, EOFError):
-                        pass  # a truncated input: its broken end was rejected when read
+                    for member, data in _readable_members(reader):
+                        match = WDS_MEMBER.match(member.name)
+                        if match is None:
+                            continue  # the source skips it too: not part of any sample
+                        if match.group(1) != key:  # the source's rule: a new key starts a sample
+                            sample, key = sample + 1, match.group(1)
+                        self._copy_member(writer, member, data, match.group(2), images.get(sample))
 
     @staticmethod
     def _copy_member(
-        reader: tarfile.TarFile,
         writer: tarfile.TarFile,
         member: tarfile.TarInfo,
+        data: bytes,
         ext: str,
         denoised: tuple[bytes, str] | None,
     ) -> None:
         """Copy one member; the image member of a denoised sample gets the denoised bytes (and format)."""
         stem = member.name[: len(member.name) - len(ext) - 1]
-        data = reader.extractfile(member).read()  # type: ignore[union-attr]
         if denoised is not None and ext.lower() in WDS_IMAGE_EXTENSIONS:
             data, fmt = denoised
             if _format_of_extension("." + ext) != fmt:
@@ -214,6 +211,18 @@ class WebDatasetMirror(_ContainerMirror):
         info = tarfile.TarInfo(f"{stem}.{ext}")
         info.size, info.mtime, info.mode = len(data), member.mtime, member.mode
         writer.addfile(info, io.BytesIO(data))
+
+
+def _readable_members(reader: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, bytes]]:
+    """The input tar's file members and their bytes, up to where it breaks: a truncated input's
+    broken end was rejected when it was read. Only reading errors end it early; an error writing
+    the output (a full disk) is raised where the output is written, so no tar is left short."""
+    try:
+        for member in reader:
+            if member.isfile():
+                yield member, reader.extractfile(member).read()  # type: ignore[union-attr]
+    except (tarfile.TarError, OSError, EOFError):
+        return
 
 
 class ParquetMirror(_ContainerMirror):

@@ -5,6 +5,11 @@ on a local disk it is written to a temporary name next to the target and renamed
 store it is one PUT (or one multipart upload, which also appears only when complete). A rerun
 calls `remove_leftovers` to delete temporary files an interrupted run left behind. `OutputDir.create`
 writes a file only where none is (the job's lease, `raeflow.batch.lease`).
+
+A full disk (or an exceeded quota) while writing is an `OSError` naming the file it was writing
+under the folder (`no_space` finds it behind the wrappers Ray puts around a worker's exception),
+and the temporary file is gone: the job says so in one line (`no_space_error`), and a rerun once
+space is freed resumes it.
 """
 
 from __future__ import annotations
@@ -12,16 +17,22 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from raeflow.errors import JobError
+
 TEMP_MARK = ".raeflow-tmp-"
 """Part of every temporary file name; anything carrying it is a leftover of an interrupted write."""
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""A full disk and an exceeded disk quota: the errors a rerun after freeing space gets past."""
 
 
 class UnsafeKey(ValueError):
@@ -76,7 +87,7 @@ class OutputDir:
             self.fs.makedirs(parent, exist_ok=True)
             temp = posixpath.join(parent, f"{TEMP_MARK}{uuid.uuid4().hex}-{posixpath.basename(target)}")
             try:
-                with self.fs.open(temp, "wb") as handle:
+                with self._naming_no_space(relpath), self.fs.open(temp, "wb") as handle:
                     yield handle
                 self.fs.mv(temp, target)  # os.replace: atomic on one filesystem
             except BaseException:
@@ -110,7 +121,7 @@ class OutputDir:
         self.fs.makedirs(parent, exist_ok=True)
         temp = posixpath.join(parent, f"{TEMP_MARK}{uuid.uuid4().hex}-{posixpath.basename(target)}")
         try:
-            with open(temp, "wb") as handle:
+            with self._naming_no_space(relpath), open(temp, "wb") as handle:
                 handle.write(data)
             os.link(temp, target)  # fails when `target` exists; readers never see half a file
         except FileExistsError:
@@ -123,6 +134,32 @@ class OutputDir:
             if os.path.exists(temp):
                 os.unlink(temp)
         return True
+
+    @contextmanager
+    def _naming_no_space(self, relpath: str) -> Iterator[None]:
+        """Re-raise a full disk's error (raised by a write, or the close that flushes) naming `relpath`
+        under the folder instead of its temporary name, so the job's one line can say what it wrote."""
+        try:
+            yield
+        except OSError as err:
+            if err.errno not in NO_SPACE_ERRNOS:
+                raise
+            raise OSError(err.errno, os.strerror(err.errno), self.url(relpath)) from err
+
+    def no_space_error(self, found: NoSpace, finished: str = "") -> JobError:
+        """The one line of a job stopped by a full disk: where, what it was writing, how to go on."""
+        inside = found.path.startswith(self.uri + "/")
+        where = found.path if found.path and not inside else f"--out {self.uri}"
+        notes = ["disk quota exceeded"] if found.quota else []
+        if inside:
+            notes.append(f"writing {found.path[len(self.uri) + 1 :]}")
+        elif not found.path:
+            notes.append("or on a disk a worker writes to: the error named no file")
+        detail = f" ({'; '.join(notes)})" if notes else ""
+        done = f"; {finished}" if finished else ""
+        return JobError(
+            f"no space left on {where}{detail}{done}; free space and rerun: finished shards are kept"
+        )
 
     @property
     def creates_exclusively(self) -> bool:
@@ -177,6 +214,61 @@ class OutputDir:
         for path in leftovers:
             self.fs.rm(path)
         return len(leftovers)
+
+
+@dataclass(frozen=True)
+class NoSpace:
+    """A write that failed because its disk was full (or the user's quota used up)."""
+
+    quota: bool
+    """Whether it was the user's disk quota (EDQUOT) rather than the disk itself (ENOSPC)."""
+    path: str
+    """The file it was writing (the URI under the output folder for `OutputDir` writes), or ''."""
+
+
+_ERRNO_TEXT = re.compile(r"\[Errno (\d+)\] [^:\n]+?(?:: '([^'\n]*)')?$", re.MULTILINE)
+"""How an `OSError` reads in a worker's traceback (the only trace of it Ray Data's wrappers keep)."""
+
+
+def no_space(err: BaseException) -> NoSpace | None:
+    """The full disk behind `err`, if that is what it is: `err` itself, the exceptions it was raised
+    from, the cause a Ray task error carries, or an `OSError` quoted in a worker's traceback (Ray
+    Data wraps an actor's exception in one whose cause does not survive the trip to the driver)."""
+    for exc in exception_chain(err):
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE_ERRNOS:  # None on Ray's dual-class copies
+            return NoSpace(exc.errno == errno.EDQUOT, str(exc.filename or ""))
+        if "traceback_str" in exc.__dict__ or type(exc).__name__.startswith("RayTaskError"):
+            quoted = _quoted_no_space(str(exc))
+            if quoted is not None:
+                return quoted
+    return None
+
+
+def exception_chain(err: BaseException) -> Iterator[BaseException]:
+    """`err`, what it was raised from (or during), and the cause a Ray task error carries, each once."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [err]
+    while todo:
+        exc = todo.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        yield exc
+        todo += [exc.__cause__, None if exc.__suppress_context__ else exc.__context__]
+        cause = exc.__dict__.get("cause")  # Ray's RayTaskError (and its dual-class instances)
+        if isinstance(cause, BaseException):
+            todo.append(cause)
+
+
+def _quoted_no_space(text: str) -> NoSpace | None:
+    """The last full disk quoted in `text`: in a chained traceback, `OutputDir`'s error naming the
+    file comes after the system's, which names the temporary file."""
+    quoted = [
+        NoSpace(int(m.group(1)) == errno.EDQUOT, m.group(2) or "")
+        for m in _ERRNO_TEXT.finditer(text)
+        if int(m.group(1)) in NO_SPACE_ERRNOS
+    ]
+    return quoted[-1] if quoted else None
 
 
 def _create_excl(path: str, data: bytes) -> bool:

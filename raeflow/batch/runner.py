@@ -49,7 +49,7 @@ from raeflow.batch.lease import Lease
 from raeflow.batch.ledger import KeyIndex, OpenShard
 from raeflow.batch.location import check_out_outside_data, resolved_uri
 from raeflow.batch.manifest import REJECTED_DIR, Manifest, ShardRecord
-from raeflow.batch.output import OutputDir
+from raeflow.batch.output import OutputDir, exception_chain, no_space
 from raeflow.batch.summary import JobSummary, check_rejected, interrupted_message, summarise
 from raeflow.batch.worker import PartWriter, PredictAndWrite
 from raeflow.connection import connect_ray, require_gpus
@@ -114,7 +114,8 @@ def run_batch_job(job: BatchJob) -> JobSummary:
     Raises `ConfigError` when --out lies inside --data, `JobError` when the folder holds another
     run, when another job writes it now (`raeflow.batch.lease`), or when more than
     `run.max_rejected` of the images were rejected (the outputs of the good images are kept,
-    `_SUCCESS` is not written). Nothing is written before Ray is reachable. Ctrl-C raises
+    `_SUCCESS` is not written), or when a disk filled up (`--out`'s, or a node's Ray spill folder:
+    `stopped_by_full_disk`). Nothing is written before Ray is reachable. Ctrl-C raises
     `JobInterrupted`, saying what is committed and that the same command resumes.
     """
     job.run.validate()
@@ -132,8 +133,48 @@ def run_batch_job(job: BatchJob) -> JobSummary:
     check_same_shards(job.out, shards, done)
     try:
         return _run(job, lease, manifest, settings, shards, done, started)
+    except Exception as err:
+        stopped = stopped_by_full_disk(err, manifest, len(shards))
+        if stopped is None:
+            raise
+        raise stopped from None
     finally:
         lease.release()
+
+
+def stopped_by_full_disk(err: BaseException, manifest: Manifest, num_shards: int) -> JobError | None:
+    """The one line of a job that a full disk stopped, or None when `err` is something else.
+
+    Either a write ran out of space (`--out`, or any file a worker wrote: `output.no_space`), or
+    Ray could not keep a block because a node's object store was full and the disk of its spill
+    folder over Ray's threshold (`OutOfDiskError`). Either way nothing incomplete is committed: a
+    shard's record is written after its files, each of which appears whole or not at all.
+    """
+    found = no_space(err)
+    if found is None and not _ray_out_of_disk(err):
+        return None
+    try:
+        finished = f"{len(manifest.finished())} of {num_shards} shards are finished"
+    except Exception:  # the line matters more than the count
+        finished = ""
+    if found is not None:
+        return manifest.out.no_space_error(found, finished)
+    done = f"; {finished}" if finished else ""
+    return JobError(
+        "no space left for Ray's objects: a node's object store was full and the disk of its spill "
+        f"folder too (over Ray's 95 % threshold; Ray's temporary folder, /tmp/ray by default, or "
+        f"$RAY_object_spilling_directory){done}; free space there and rerun: finished shards are kept"
+    )
+
+
+def _ray_out_of_disk(err: BaseException) -> bool:
+    """Whether Ray gave up storing an object for want of disk (its `OutOfDiskError`, maybe wrapped)."""
+    for exc in exception_chain(err):
+        if any(cls.__name__ == "OutOfDiskError" for cls in type(exc).__mro__):
+            return True
+        if type(exc).__name__.startswith("RayTaskError") and "OutOfDiskError" in str(exc):
+            return True
+    return False
 
 
 def _run(

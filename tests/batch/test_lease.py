@@ -222,6 +222,27 @@ def test_a_job_that_cannot_renew_its_lease_stops_before_another_may_take_over(ou
     lease.release()
 
 
+def test_a_job_whose_disk_is_too_full_to_renew_its_lease_says_so(tmp_path: Path) -> None:
+    out = OutputDir(str(tmp_path / "out"))
+    lease = Lease(out, "embed", stale=0.4)
+    lease.acquire()
+    lease_path = out.url(LEASE_FILE)
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device", lease_path)  # what `OutputDir.put` raises then
+
+    lease.renew = full  # type: ignore[method-assign]
+    time.sleep(0.5)
+    with pytest.raises(JobError) as stopped:
+        lease.ensure_held()
+    assert str(stopped.value) == (
+        f"no space left on --out {out.uri} (writing {LEASE_FILE}); free space and rerun: "
+        "finished shards are kept"
+    )
+    lease.release()
+    assert _lease_on(out) is None
+
+
 class LookThenWrite(OutputDir):
     """A store without exclusive create (an S3 clone that ignores If-None-Match, a plain mount):
     two writers both see nothing, then both write."""
