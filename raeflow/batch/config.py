@@ -25,6 +25,10 @@ class RunOptions:
     """Give each predictor actor one GPU."""
     worker_cpus: float = 1.0
     """CPUs Ray reserves for each predictor actor (below 1 lets actors share cores with the read tasks)."""
+    worker_memory_gb: float | None = None
+    """GiB one worker may use for its images and model passes, beyond the model it loaded; default:
+    65 % of its node's memory shared by the workers the node's CPUs hold. A larger batch is split to
+    fit it, a larger image tiled (denoise) or rejected as too_large_for_memory."""
     precision: str = "auto"
     """Model arithmetic: auto (bf16 where the CPU/GPU runs it natively, else fp32), bf16 or fp32."""
     address: str | None = None
@@ -45,6 +49,8 @@ class RunOptions:
         if self.worker_cpus <= 0:
             raise ConfigError(f"--worker-cpus must be positive, got {self.worker_cpus}")
         check_precision(self.precision)
+        if self.worker_memory_gb is not None and self.worker_memory_gb <= 0:
+            raise ConfigError(f"--worker-memory-gb must be positive, got {self.worker_memory_gb}")
         if self.max_rejected is not None and not 0.0 <= self.max_rejected <= 1.0:
             raise ConfigError(f"--max-rejected is a fraction between 0 and 1, got {self.max_rejected}")
 

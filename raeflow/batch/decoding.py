@@ -12,8 +12,11 @@ that any image size fits into, and no Ray tensor extension type.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +51,11 @@ had one and `keep_mode` is on (else it is empty and alpha was composited over wh
 the encoded format sniffed from the input bytes (png, jpeg, webp, bmp, tiff, gif; raw for
 raw-pixel sources)."""
 
+WORKER_MEMORY_SHARE = 0.65
+"""Share of a node's memory its workers' images and model passes may take together: Ray's memory
+monitor kills a worker once the node uses 95 % of its memory (`RAY_memory_usage_threshold`), and
+Ray sets aside up to 30 % for its object store."""
+
 PASS_THROUGH = ("key", "source", "label", "shard", "row")
 """Columns every later step keeps as they are: each output row stays filed under its shard and position."""
 
@@ -69,6 +77,57 @@ class DecodeSpec:
     keep_mode: bool = False
     """Keep an alpha plane (carried beside the pixels) and 16-bit grey depth, for outputs that
     mirror their input (denoise); otherwise alpha is composited over white and 16 bits become 8."""
+    worker_memory_gb: float | None = None
+    """GiB a worker may use for one image's decoding (`worker_memory`); None: its node's share."""
+    worker_cpus: float = 1.0
+    """CPUs of one worker, which decide how many share a node's memory (`worker_memory`)."""
+
+    def memory_budget(self) -> int:
+        """Bytes one image's decoding may take here: rejected as `too_large_for_memory` above it."""
+        return worker_memory(self.worker_memory_gb, self.worker_cpus)
+
+
+def worker_memory(memory_gb: float | None, worker_cpus: float = 1.0) -> int:
+    """Bytes one worker (predictor actor or read task) may use for its images and model passes.
+
+    `memory_gb` when given; else `WORKER_MEMORY_SHARE` of this node's memory (its cgroup limit
+    where lower) shared by as many workers as the node's CPUs hold at `worker_cpus` each, which is
+    how many Ray runs there at once.
+    """
+    if memory_gb is not None:
+        return int(memory_gb * 2**30)
+    workers = max(1.0, node_cpus() / worker_cpus)
+    return int(node_memory() * WORKER_MEMORY_SHARE / workers)
+
+
+@cache
+def node_memory() -> int:
+    """Bytes of memory this process's node has: its physical memory, or its cgroup limit where lower."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as limit:
+                text = limit.read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+@cache
+def node_cpus() -> float:
+    """CPUs Ray gives this process's node (its own count outside Ray)."""
+    ray = sys.modules.get("ray")  # never imported here: a Ray-free caller stays Ray-free
+    try:
+        if ray is not None and ray.is_initialized():
+            node = ray.get_runtime_context().get_node_id()
+            for info in ray.nodes():
+                if info["NodeID"] == node:
+                    return float(info["Resources"].get("CPU", 1.0))
+    except Exception:  # no Ray, or no answer from it: count this machine's CPUs instead
+        pass
+    return float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def decode_rows(batch: pa.Table, spec: DecodeSpec) -> pa.Table:
@@ -81,6 +140,7 @@ def decode_rows(batch: pa.Table, spec: DecodeSpec) -> pa.Table:
     depths: list[int] = []
     shapes: list[tuple[int, int, int]] = []
     formats: list[str | None] = []
+    budget = spec.memory_budget()
     for data, error in zip(datas, errors, strict=True):
         formats.append(sniff_format(data) if data else None)
         array, alpha = None, None
@@ -89,7 +149,9 @@ def decode_rows(batch: pa.Table, spec: DecodeSpec) -> pa.Table:
         else:
             try:
                 array, alpha = (
-                    decode_keeping_mode(data, spec) if spec.keep_mode else (decode_one(data, spec), None)
+                    decode_keeping_mode(data, spec, budget)
+                    if spec.keep_mode
+                    else (decode_one(data, spec, budget), None)
                 )
                 reasons.append(None)
             except images.ImageRejected as rejected:
@@ -118,9 +180,12 @@ def decode_rows(batch: pa.Table, spec: DecodeSpec) -> pa.Table:
     return pa.table([columns[f.name].cast(f.type) for f in fields], schema=pa.schema(fields))
 
 
-def decode_one(data: bytes, spec: DecodeSpec) -> np.ndarray:
-    """One image as `uint8` `(H, W, C)`, converted and fitted as `spec` says; raises `ImageRejected`."""
-    kwargs = {} if spec.max_pixels is None else {"max_pixels": spec.max_pixels}
+def decode_one(data: bytes, spec: DecodeSpec, max_bytes: int | None = None) -> np.ndarray:
+    """One image as `uint8` `(H, W, C)`, converted and fitted as `spec` says; raises `ImageRejected`
+    (`too_large_for_memory` when decoding it takes more than `max_bytes`)."""
+    kwargs: dict[str, int] = {} if spec.max_pixels is None else {"max_pixels": spec.max_pixels}
+    if max_bytes is not None:
+        kwargs["max_bytes"] = max_bytes
     if spec.height is not None and spec.width is not None:
         array = images.decode_fitted(data, spec.channels, spec.height, spec.width, mode=spec.fit, **kwargs)
     else:
@@ -128,7 +193,9 @@ def decode_one(data: bytes, spec: DecodeSpec) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.uint8)
 
 
-def decode_keeping_mode(data: bytes, spec: DecodeSpec) -> tuple[np.ndarray, np.ndarray | None]:
+def decode_keeping_mode(
+    data: bytes, spec: DecodeSpec, max_bytes: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """One image as `(H, W, C)` pixels plus its alpha plane `(H, W)` (or None), keeping 16-bit grey.
 
     PNG and TIFF images with alpha or 16-bit grey samples are decoded here (Pillow); every other
@@ -138,8 +205,9 @@ def decode_keeping_mode(data: bytes, spec: DecodeSpec) -> tuple[np.ndarray, np.n
     header = images.probe_image(data)
     with_alpha = header.channels in (2, 4) or header.palette
     if header.format not in ("png", "tiff") or not (with_alpha or header.bit_depth == 16):
-        return decode_one(data, spec), None
-    images.decode_image(data, max_pixels=spec.max_pixels or images.DEFAULT_MAX_PIXELS)  # size, bombs
+        return decode_one(data, spec, max_bytes), None
+    # size, bombs, memory
+    images.decode_image(data, max_pixels=spec.max_pixels or images.DEFAULT_MAX_PIXELS, max_bytes=max_bytes)
     import io
 
     from PIL import Image

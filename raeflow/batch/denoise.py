@@ -47,6 +47,7 @@ def run_denoise(config: DenoiseConfig) -> JobSummary:
         "tile_overlap": config.tile_overlap,
         "max_pixels_per_pass": config.max_pixels_per_pass,
         "jpeg_quality": config.jpeg_quality,
+        "worker_memory_gb": config.run.worker_memory_gb,
     }
     job = BatchJob(
         name="denoise",
@@ -54,7 +55,10 @@ def run_denoise(config: DenoiseConfig) -> JobSummary:
         out=OutputDir(config.out),
         fingerprint=bundle.fingerprint,
         settings=config.output_settings(),
-        decode=DecodeSpec(keep_mode=True),  # each image keeps its own size, mode, alpha and 16-bit grey
+        # each image keeps its own size, mode, alpha and 16-bit grey
+        decode=DecodeSpec(
+            keep_mode=True, worker_memory_gb=config.run.worker_memory_gb, worker_cpus=config.run.worker_cpus
+        ),
         predictor=DenoisePredictor,
         predictor_kwargs=predictor_kwargs,
         writer=mirror_writer(source, config.image_column),

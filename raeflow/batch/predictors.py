@@ -12,15 +12,21 @@ notebooks call them directly:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
-from raeflow.batch.decoding import PASS_THROUGH, alphas_of, pixels_of
+from raeflow.batch.decoding import PASS_THROUGH, alphas_of, pixels_of, worker_memory
 from raeflow.batch.tiling import padded_apply, tiled_apply_uint8
 from raeflow.data import images
 from raeflow.models import Autoencoder, load_bundle
@@ -38,6 +44,89 @@ PRECISION_METADATA = "raeflow.precision"
 
 SIZE_MULTIPLE = 32
 """Fully convolutional models run on images padded to a multiple of this (at least their stride)."""
+
+PASS_MEMORY_MARGIN = 2.0
+"""What a model pass takes beyond the tensors it makes (convolution scratch buffers, the allocator's
+slack), as a factor on their measured peak: measured (peak RSS of one 1-megapixel pass) at 1.0-1.45
+times the tensors' peak for the shipped denoisers and a 3-channel default U-Net, fp32 and bf16, and
+1.2-1.85 times for a 4-channel U-Net, whose many small tensors leave relatively more slack."""
+
+
+@dataclass(frozen=True)
+class PassMemory:
+    """Bytes one model pass over `count` images of `pixels` pixels each takes:
+    `fixed + per_pixel x count x pixels` (`measure_pass`)."""
+
+    fixed: int
+    per_pixel: float
+
+    def need(self, count: int, pixels: int) -> int:
+        """Bytes a pass over `count` images of `pixels` pixels each takes."""
+        return int(self.fixed + self.per_pixel * count * pixels)
+
+    def most_images(self, pixels: int, budget: int) -> int:
+        """How many images of `pixels` pixels fit in one pass within `budget` bytes (0: not one)."""
+        return max(0, int((budget - self.fixed) // max(1.0, self.per_pixel * pixels)))
+
+
+class _PeakTensorBytes(TorchDispatchMode):
+    """While active: the peak bytes of the tensors alive at once among those its ops made."""
+
+    def __init__(self, known: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.known = {t.untyped_storage().data_ptr() for t in known}  # inputs and weights: not counted
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.current = 0
+        self.peak = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for key, (ref, size) in list(self.live.items()):  # storages freed since the last op
+            if ref.expired():
+                del self.live[key]
+                self.current -= size
+        for value in tree_leaves(out):
+            if isinstance(value, torch.Tensor):
+                storage = value.untyped_storage()
+                key = storage.data_ptr()
+                if key and key not in self.known and key not in self.live:
+                    self.live[key] = (StorageWeakRef(storage), storage.nbytes())
+                    self.current += storage.nbytes()
+        self.peak = max(self.peak, self.current)
+        return out
+
+
+def tensor_peak(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, known: list[torch.Tensor]) -> int:
+    """Peak bytes of the tensors `fn(x)` makes and holds at once (besides `x` and `known`)."""
+    tracker = _PeakTensorBytes([x, *known])
+    with tracker:
+        fn(x)
+    return tracker.peak
+
+
+def measure_pass(
+    fn: Callable[[torch.Tensor], Any], shape: tuple[int, int, Any, Any], known: list[torch.Tensor]
+) -> PassMemory:
+    """The memory of passes of `fn` over `(B, C, H, W)` inputs, measured on two small ones.
+
+    `shape` is (B, C, H, W) of the first probe; "any" sides are probed at 64 and 128 pixels (memory
+    grows with the pixels), fixed ones with one image, then two. The tensors' peak is scaled by
+    `PASS_MEMORY_MARGIN`; the input's own float copy (and its `uint8` source) is counted too.
+    """
+    channels = shape[1]
+    if isinstance(shape[2], int) and isinstance(shape[3], int):
+        sizes = [(1, shape[2], shape[3]), (2, shape[2], shape[3])]
+    else:
+        sizes = [(1, 64, 64), (1, 128, 128)]
+    points = []
+    for count, height, width in sizes:
+        x = torch.rand((count, channels, height, width), device=known[0].device)
+        points.append((count * height * width, tensor_peak(fn, x, known) * PASS_MEMORY_MARGIN))
+    (small, small_bytes), (large, large_bytes) = points
+    # The input's float copy and its uint8 source (`to_tensor`) come on top: 5 bytes a sample.
+    per_pixel = max(0.0, (large_bytes - small_bytes) / (large - small)) + channels * 5
+    fixed = max(0.0, small_bytes - per_pixel * small)
+    return PassMemory(fixed=int(fixed), per_pixel=per_pixel)
 
 
 def pick_device(device: str | None) -> torch.device:
@@ -82,6 +171,9 @@ class Predictor:
     channels_last, float32 out), its input contract, images grouped by shape (`same_shape_groups`)
     and the result table (`result`: pass-through columns, `reason`, payload). `threads` sets
     torch's CPU threads (the CPUs Ray reserved for the actor); `precision` is auto, bf16 or fp32.
+    `memory_budget` is what one model pass may take here (`worker_memory_gb`; else on a GPU 90 % of
+    its memory less the model's, on a CPU the worker's share of its node, `worker_memory`), and
+    `pass_memory` what a pass takes, measured once on small inputs.
     """
 
     def __init__(
@@ -91,6 +183,7 @@ class Predictor:
         device: str | None = None,
         precision: str = "auto",
         threads: int | None = None,
+        worker_memory_gb: float | None = None,
     ) -> None:
         if threads:
             torch.set_num_threads(threads)
@@ -104,6 +197,40 @@ class Predictor:
         wanted = resolve_precision(precision, self.device)  # decided once, where the model runs
         self.model = prepare_model(self.bundle.model.to(self.device).eval(), wanted)
         self.precision: Precision = checked_precision(self.model, wanted, self._probe())
+        self.memory_budget = self._memory_budget(worker_memory_gb, threads)
+        self._pass_memory: PassMemory | None = None
+
+    def _memory_budget(self, memory_gb: float | None, threads: int | None) -> int:
+        if memory_gb is not None:
+            return worker_memory(memory_gb)
+        if self.device.type == "cuda":
+            gpu = torch.cuda.get_device_properties(self.device).total_memory
+            return int(0.9 * gpu - torch.cuda.memory_allocated(self.device))
+        # The model and libraries this worker loaded are not counted: on a node of many cores and
+        # little memory, they could leave a share nothing, and reject every image.
+        return worker_memory(None, threads or 1)
+
+    def measured_pass(self, x: torch.Tensor) -> Any:
+        """The model pass whose memory `pass_memory` measures (subclasses: the one they run)."""
+        return self.run_model(x)
+
+    @property
+    def pass_memory(self) -> PassMemory:
+        """What a model pass takes (`measure_pass`), measured the first time it is asked for."""
+        if self._pass_memory is None:
+            shape = (1, self.channels, self.height, self.width)
+            with torch.inference_mode():
+                self._pass_memory = measure_pass(self.measured_pass, shape, list(self.model.parameters()))
+        return self._pass_memory
+
+    def too_large(self, height: int, width: int, count: int = 1) -> str:
+        """The rejection reason of an image that does not fit in one pass (`count`: the images the model
+        sees for it, e.g. 3 for an RGB photo through a grey model)."""
+        need = self.pass_memory.need(count, height * width)
+        return (
+            f"too_large_for_memory: {width}x{height} takes about {images.gib(need)} in this model, more "
+            f"than the {images.gib(self.memory_budget)} a worker has (--worker-memory-gb)"
+        )
 
     def _probe(self) -> torch.Tensor:
         """A small input of the model's shape (for the bf16 check)."""
@@ -154,6 +281,8 @@ class EncodePredictor(Predictor):
     The decode step gives the images the model's channels and, for fixed-size models (or with
     `image_size`), its size; a fully convolutional model embeds each image at its own size.
     Output payload: `embedding`, `fixed_size_list<float32>[D]` (zeros on rejected rows).
+    Images of one shape run in passes of as many as `memory_budget` holds (all of them, normally);
+    an image that does not fit alone is rejected as `too_large_for_memory`.
     """
 
     def __init__(
@@ -164,19 +293,32 @@ class EncodePredictor(Predictor):
         device: str | None = None,
         precision: str = "auto",
         threads: int | None = None,
+        worker_memory_gb: float | None = None,
     ):
-        super().__init__(bundle, device=device, precision=precision, threads=threads)
+        super().__init__(
+            bundle, device=device, precision=precision, threads=threads, worker_memory_gb=worker_memory_gb
+        )
         self.dim = embedding_dim(self.model, self.channels, *(image_size or (self.height, self.width)))
+
+    def measured_pass(self, x: torch.Tensor) -> Any:
+        return self.embed(x)
 
     @torch.inference_mode()
     def __call__(self, batch: pa.Table) -> pa.Table:
         arrays = pixels_of(batch)
+        reasons = batch.column("reason").to_pylist()
         vectors = np.zeros((batch.num_rows, self.dim), dtype=np.float32)  # (N, D)
         for rows, group in self.same_shape_groups(arrays):
-            x = self.on_device(to_tensor(group))  # (B, C, H, W)
-            vectors[rows] = self.embed(x).cpu().numpy()  # (B, D) float32 whatever the precision
+            height, width, _ = group[0].shape
+            most = min(len(group), self.pass_memory.most_images(height * width, self.memory_budget))
+            if most == 0:
+                for row in rows:
+                    reasons[row] = self.too_large(height, width)
+                continue
+            for start in range(0, len(group), most):  # a batch too large for memory: in several passes
+                x = self.on_device(to_tensor(group[start : start + most]))  # (b, C, H, W)
+                vectors[rows[start : start + most]] = self.embed(x).cpu().numpy()  # (b, D) float32
         flat = pa.array(vectors.reshape(-1), pa.float32())
-        reasons = batch.column("reason").to_pylist()
         return self.result(batch, reasons, {"embedding": pa.FixedSizeListArray.from_arrays(flat, self.dim)})
 
 
@@ -200,6 +342,9 @@ class DenoisePredictor(Predictor):
     back; an RGB image through a grey model is denoised one channel at a time. Size: fully
     convolutional models take any size (tiled above `max_pixels_per_pass`, or at `tile`); a
     fixed-size model rejects other sizes unless `resize` (then resize to its size and back).
+    Memory: an image whose one pass would not fit `memory_budget` is tiled, in fewer tiles per
+    pass and then smaller tiles until it fits (slower, same size out); one that does not fit even
+    in the smallest tiles is rejected as `too_large_for_memory`.
     Output payload: `data` (encoded image bytes) and `out_format` (png, jpeg, ...).
     """
 
@@ -216,8 +361,11 @@ class DenoisePredictor(Predictor):
         device: str | None = None,
         precision: str = "auto",
         threads: int | None = None,
+        worker_memory_gb: float | None = None,
     ) -> None:
-        super().__init__(bundle, device=device, precision=precision, threads=threads)
+        super().__init__(
+            bundle, device=device, precision=precision, threads=threads, worker_memory_gb=worker_memory_gb
+        )
         self.out_format = out_format
         self.resize = resize
         self.tile = tile
@@ -263,19 +411,70 @@ class DenoisePredictor(Predictor):
         tile, blended straight into the `uint8` result, so an actor's memory stays bounded by the
         tile size, not the photo's (`raeflow.batch.tiling.tiled_apply_uint8`).
         """
-        height, width, _ = array.shape
-        if self.any_size and (self.tile is not None or height * width > self.max_pixels_per_pass):
-            side = self.tile or _default_tile(self.max_pixels_per_pass)
+        height, width, channels = array.shape
+        if self.any_size and (
+            self.tile is not None
+            or height * width > self.max_pixels_per_pass
+            or self._one_pass_need(height, width, channels) > self.memory_budget
+        ):
+            side, per_pass = self._tiling(height, width, channels)
 
             def run_tiles(x: torch.Tensor) -> torch.Tensor:  # (n, C, t, t) on the CPU
                 return self._with_channels(self.on_device(x), self._padded_recon)
 
             with self._one_noise_level(array):
                 return tiled_apply_uint8(
-                    run_tiles, array, tile=side, overlap=self.tile_overlap, multiple=SIZE_MULTIPLE
+                    run_tiles,
+                    array,
+                    tile=side,
+                    overlap=self.tile_overlap,
+                    multiple=SIZE_MULTIPLE,
+                    tiles_per_pass=per_pass,
                 )
         x = self.on_device(to_tensor([array]))  # (1, C, H, W)
         return to_pixels(self._with_channels(x, self._run)[0], array.dtype)
+
+    def measured_pass(self, x: torch.Tensor) -> Any:
+        return self._padded_recon(x) if self.any_size else self._recon(x)
+
+    def _one_pass_need(self, height: int, width: int, channels: int) -> int:
+        """Bytes the model takes on the whole image at once (padded to `SIZE_MULTIPLE`)."""
+        pixels = _padded(height) * _padded(width)
+        return self.pass_memory.need(self._images_per_image(channels), pixels)
+
+    def _images_per_image(self, channels: int) -> int:
+        """Images the model sees per image of `channels` (an RGB photo through a grey model: 3)."""
+        return channels if self.channels == 1 else 1
+
+    def _tiling(self, height: int, width: int, channels: int) -> tuple[int, int]:
+        """(tile side, tiles per pass) for an image, within `memory_budget`: as asked (--tile, or the
+        side of --max-pixels-per-pass, 4 tiles a pass), else one tile a pass, then halved sides down to
+        `TILE_MIN`; raises `ImageRejected` (`too_large_for_memory`) when even that does not fit."""
+        side = self.tile or _default_tile(self.max_pixels_per_pass)
+        least = max(TILE_MIN, 2 * self.tile_overlap + SIZE_MULTIPLE)
+        per_pass = TILES_PER_PASS
+        while self._tiled_need(side, per_pass, height, width, channels) > self.memory_budget:
+            if per_pass > 1:
+                per_pass = 1
+            elif side > least:
+                side = max(least, side // 2 // SIZE_MULTIPLE * SIZE_MULTIPLE)
+            else:
+                need = self._tiled_need(side, per_pass, height, width, channels)
+                raise images.ImageRejected(
+                    "too_large_for_memory",
+                    f"{width}x{height} takes about {images.gib(need)} even in tiles of {side} pixels, more "
+                    f"than the {images.gib(self.memory_budget)} a worker has (--worker-memory-gb)",
+                )
+        return side, per_pass
+
+    def _tiled_need(self, side: int, per_pass: int, height: int, width: int, channels: int) -> int:
+        """Bytes of a tiled run (`tiled_apply_uint8`): a pass over `per_pass` tiles, the blend
+        accumulators of one row of tiles (float32: sums, weights and the finished rows' copies) and
+        the output image."""
+        tile_pixels = min(side, _padded(height)) * min(side, _padded(width))
+        model = self.pass_memory.need(per_pass * self._images_per_image(channels), tile_pixels)
+        rows = min(side, _padded(height)) * _padded(width) * (3 * channels + 1) * 4
+        return model + rows + height * width * channels * 2
 
     @contextmanager
     def _one_noise_level(self, array: np.ndarray) -> Iterator[None]:
@@ -326,6 +525,16 @@ class DenoisePredictor(Predictor):
 
     def _recon(self, x: torch.Tensor) -> torch.Tensor:
         return self.run_model(x)["recon"]  # (B, C, H, W) float32: pixels are quantised from it
+
+
+TILES_PER_PASS = 4
+"""Tiles the model sees at once when an image is tiled (`tiled_apply_uint8`)."""
+TILE_MIN = 64
+"""The smallest tile side memory pressure shrinks tiles to."""
+
+
+def _padded(size: int) -> int:
+    return math.ceil(size / SIZE_MULTIPLE) * SIZE_MULTIPLE
 
 
 def _default_tile(max_pixels: int) -> int:
