@@ -263,6 +263,22 @@ class Predictor:
         columns.update(payload)
         return pa.table(columns, metadata={PRECISION_METADATA: self.precision.name})
 
+    def passes(
+        self, arrays: list[np.ndarray | None], reasons: list[str | None]
+    ) -> Iterator[tuple[list[int], list[np.ndarray]]]:
+        """`same_shape_groups`, each cut into passes of as many images as `memory_budget` holds (a
+        batch too large for memory runs in several); the rows of an image that does not fit alone get
+        its `too_large_for_memory` reason in `reasons` and are not yielded."""
+        for rows, group in self.same_shape_groups(arrays):
+            height, width, _ = group[0].shape  # (H, W, C)
+            most = min(len(group), self.pass_memory.most_images(height * width, self.memory_budget))
+            if most == 0:
+                for row in rows:
+                    reasons[row] = self.too_large(height, width)
+                continue
+            for start in range(0, len(group), most):
+                yield rows[start : start + most], group[start : start + most]
+
     @staticmethod
     def same_shape_groups(arrays: list[np.ndarray | None]) -> list[tuple[list[int], list[np.ndarray]]]:
         """The usable images grouped by shape (row indices, images), so each group stacks into one batch."""
@@ -308,16 +324,9 @@ class EncodePredictor(Predictor):
         arrays = pixels_of(batch)
         reasons = batch.column("reason").to_pylist()
         vectors = np.zeros((batch.num_rows, self.dim), dtype=np.float32)  # (N, D)
-        for rows, group in self.same_shape_groups(arrays):
-            height, width, _ = group[0].shape
-            most = min(len(group), self.pass_memory.most_images(height * width, self.memory_budget))
-            if most == 0:
-                for row in rows:
-                    reasons[row] = self.too_large(height, width)
-                continue
-            for start in range(0, len(group), most):  # a batch too large for memory: in several passes
-                x = self.on_device(to_tensor(group[start : start + most]))  # (b, C, H, W)
-                vectors[rows[start : start + most]] = self.embed(x).cpu().numpy()  # (b, D) float32
+        for rows, group in self.passes(arrays, reasons):
+            x = self.on_device(to_tensor(group))  # (B, C, H, W)
+            vectors[rows] = self.embed(x).cpu().numpy()  # (B, D) float32 whatever the precision
         flat = pa.array(vectors.reshape(-1), pa.float32())
         return self.result(batch, reasons, {"embedding": pa.FixedSizeListArray.from_arrays(flat, self.dim)})
 
