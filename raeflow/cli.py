@@ -99,9 +99,9 @@ def main() -> None:
 
 def _register() -> None:
     # Imported here so `raeflow --help` stays fast: heavy imports (torch, ray) live inside commands.
-    from raeflow.commands import batch, cluster, demo, models, report, shard, train
+    from raeflow.commands import batch, cluster, curate, demo, models, report, shard, train
 
-    for module in (models, shard, train, batch, report, cluster, demo):
+    for module in (models, shard, train, batch, report, curate, cluster, demo):
         for command in module.COMMANDS:
             main.add_command(command)
 

@@ -1,0 +1,298 @@
+"""`raeflow dedup`: near-duplicate groups, one image kept per group, and every image's outlier score.
+
+    raeflow dedup --data emb/ --out dedup/ --threshold 0.95
+
+1. The table's vectors, normalised, go into an in-memory index that keeps them whole (exact `Flat`
+   below `--exact-below` vectors, an HNSW graph above), `--batch-size` rows at a time.
+2. Each image's `--neighbors` nearest are searched, a batch of images at a time; their cosine
+   similarities are recomputed exactly from the stored vectors (approximate search may miss a
+   neighbour, never report a false one), and every pair at or above `--threshold` is joined
+   (union-find: a group is a connected set of such pairs).
+3. Representative of a group: the member with the highest mean cosine similarity to the group's
+   members (the mean is `v . sum(group) / size`, so no pairwise matrix is built), ties going to the
+   smallest key. It is kept; the other members are not.
+4. Outlier score: an image's mean cosine distance (1 - similarity) to its `--outlier-k` nearest.
+
+Memory holds the vectors, the keys and a few numbers per image; never an n x n matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from raeflow.curate.config import DedupSettings, parse_memory
+from raeflow.curate.gallery import write_gallery
+from raeflow.curate.index import Added, new_index, usable_batches
+from raeflow.curate.layout import Layout, flat_only
+from raeflow.curate.store import Folder, rejected_line, write_rejected
+from raeflow.curate.table import EmbeddingTable, open_table
+from raeflow.errors import SourceError
+from raeflow.progress import Progress
+
+GROUPS_FILE, KEEP_FILE, OUTLIERS_FILE, GALLERY_FILE = (
+    "groups.parquet",
+    "keep.parquet",
+    "outliers.parquet",
+    "duplicates.html",
+)
+
+
+@dataclass
+class Loaded:
+    """The table in memory: its vectors in `index` (id i is row i of `rows`), what was left out."""
+
+    index: faiss.Index
+    layout: Layout
+    rows: pa.Table  # key, and source where the table has one
+    rejected: list[tuple[str, str, str]]
+
+
+class UnionFind:
+    """Disjoint sets over ids 0..n-1, with numpy parents (memory: one int64 per image)."""
+
+    def __init__(self, size: int) -> None:
+        self.parent = np.arange(size, dtype=np.int64)
+
+    def find(self, item: int) -> int:
+        parent = self.parent
+        while parent[item] != item:
+            parent[item] = parent[parent[item]]  # path halving
+            item = int(parent[item])
+        return item
+
+    def union(self, a: int, b: int) -> None:
+        root_a, root_b = self.find(a), self.find(b)
+        if root_a != root_b:
+            self.parent[max(root_a, root_b)] = min(root_a, root_b)
+
+    def roots(self) -> np.ndarray:
+        """Each id's set, named by its smallest member."""
+        parent = self.parent.copy()
+        while True:  # pointer jumping: every id ends pointing at its root
+            jumped = parent[parent]
+            if np.array_equal(jumped, parent):
+                return parent
+            parent = jumped
+
+
+def load(table: EmbeddingTable, settings: DedupSettings) -> Loaded:
+    """Every usable, normalised vector of `table` in an index that keeps them whole."""
+    memory = parse_memory(settings.max_memory)
+    layout = flat_only(table.num_rows, table.dim, memory, settings.exact_below)
+    index = new_index(layout, table.dim, "cosine")
+    added, pieces = Added(), []
+    with Progress("load", total=table.num_rows, unit="vectors") as progress:
+        for batch in usable_batches(table, settings.batch_size, "cosine", set(), added):
+            index.add(batch.vectors)
+            columns: dict[str, Any] = {"key": pa.array(batch.keys, pa.string())}
+            if batch.sources is not None:
+                columns["source"] = pa.array(batch.sources, pa.string())
+            pieces.append(pa.table(columns))
+            progress.advance(index.ntotal + len(added.rejected) - progress.done)
+    if index.ntotal == 0:
+        raise SourceError(f"--data {table.uri} holds no usable vector ({len(added.rejected):,} rejected)")
+    return Loaded(index, layout, pa.concat_tables(pieces).combine_chunks(), added.rejected)
+
+
+def neighbours(loaded: Loaded, first: int, count: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine similarities and ids of the `k` nearest other images of ids first..first+count-1.
+
+    Both `(count, k)`, nearest first; a neighbour the search did not return has id -1, similarity -inf.
+    """
+    index = loaded.index
+    queries = index.reconstruct_n(first, count)  # (b, D)
+    _, found = index.search(queries, k + 1)  # (b, k + 1), usually itself first
+    own = np.arange(first, first + count)[:, None]
+    is_self = found == own
+    is_self[~is_self.any(axis=1), -1] = True  # itself not found: drop the farthest instead
+    ids = found[~is_self].reshape(count, k)
+    stored = index.reconstruct_batch(np.where(ids < 0, 0, ids).ravel()).reshape(count, k, -1)  # (b, k, D)
+    sims = np.einsum("bd,bkd->bk", queries, stored)  # exact, whatever the search computed
+    sims[ids < 0] = -np.inf
+    order = np.argsort(-sims, axis=1, kind="stable")
+    return np.take_along_axis(sims, order, axis=1), np.take_along_axis(ids, order, axis=1)
+
+
+def search(loaded: Loaded, settings: DedupSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's group (`UnionFind.roots`) and outlier score (mean cosine distance to its nearest)."""
+    num = int(loaded.index.ntotal)
+    k = max(1, min(num - 1, max(settings.neighbors, settings.outlier_k)))
+    sets, scores = UnionFind(num), np.zeros(num, dtype=np.float32)
+    step = max(1, min(settings.batch_size, 1024))  # (step, k, D) floats are held while re-ranking
+    with Progress("dedup", total=num, unit="images") as progress:
+        for first in range(0, num, step):
+            count = min(step, num - first)
+            sims, ids = neighbours(loaded, first, count, k) if num > 1 else _alone(count)
+            close = sims[:, : settings.neighbors] >= settings.threshold
+            for row, col in zip(*np.nonzero(close), strict=True):
+                sets.union(first + int(row), int(ids[row, col]))
+            near = sims[:, : settings.outlier_k]
+            finite = np.isfinite(near)
+            scores[first : first + count] = np.where(
+                finite.any(axis=1),
+                (np.where(finite, 1.0 - near, 0.0).sum(1) / np.maximum(finite.sum(1), 1)),
+                1.0,
+            )
+            progress.advance(count)
+    return sets.roots(), scores
+
+
+def _alone(count: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((count, 1), -np.inf, dtype=np.float32), np.full((count, 1), -1, dtype=np.int64)
+
+
+def group_table(loaded: Loaded, roots: np.ndarray, batch_size: int) -> pa.Table:
+    """Members of every group of two or more: id, group (1 = largest), similarity to its representative,
+    keep (true for the representative only), ordered by group, representative first."""
+    index = loaded.index
+    _, first_of, sizes = np.unique(roots, return_index=True, return_counts=True)
+    big = sizes >= 2
+    members = np.flatnonzero(big[np.searchsorted(roots[first_of], roots)])  # ids in groups of 2+
+    if len(members) == 0:
+        return _groups(members, members, np.zeros(0, np.float32), np.zeros(0, bool), loaded)
+    compact = np.searchsorted(np.unique(roots[members]), roots[members])  # 0..G-1 per member
+    totals = np.zeros((compact.max() + 1, index.d), dtype=np.float64)  # sum of each group's vectors
+    for start in range(0, len(members), batch_size):
+        chunk = slice(start, start + batch_size)
+        np.add.at(totals, compact[chunk], index.reconstruct_batch(members[chunk]))
+    score = np.concatenate(
+        [
+            np.einsum(
+                "bd,bd->b",
+                index.reconstruct_batch(members[s : s + batch_size]),
+                totals[compact[s : s + batch_size]],
+            )
+            for s in range(0, len(members), batch_size)
+        ]
+    )  # v . sum(group): the mean similarity to the group, times its size
+    keys = loaded.rows.column("key").take(pa.array(members))
+    ranked = pa.table({"g": compact, "score": score, "key": keys, "at": np.arange(len(members))}).sort_by(
+        [("g", "ascending"), ("score", "descending"), ("key", "ascending")]
+    )
+    order = ranked.column("at").to_numpy()
+    g_sorted = compact[order]
+    is_rep = np.ones(len(order), dtype=bool)
+    is_rep[1:] = g_sorted[1:] != g_sorted[:-1]
+    rep_of_group = members[order[is_rep]]  # (G,) ids, by compact group
+    similarity = np.concatenate(
+        [
+            np.einsum(
+                "bd,bd->b",
+                index.reconstruct_batch(members[order][s : s + batch_size]),
+                index.reconstruct_batch(rep_of_group[g_sorted[s : s + batch_size]]),
+            )
+            for s in range(0, len(order), batch_size)
+        ]
+    )
+    return _groups(members[order], g_sorted, similarity.astype(np.float32), is_rep, loaded)
+
+
+def _groups(
+    ids: np.ndarray, compact: np.ndarray, similarity: np.ndarray, keep: np.ndarray, loaded: Loaded
+) -> pa.Table:
+    """groups.parquet's rows: groups numbered from 1 by size (largest first), then representative key."""
+    rows = loaded.rows.take(pa.array(ids, pa.int64()))
+    sizes = np.bincount(compact) if len(compact) else np.zeros(0, np.int64)
+    reps = pa.table({"g": compact[keep], "key": rows.column("key").filter(pa.array(keep))})
+    reps = reps.append_column("size", pa.array(sizes[compact[keep]])).sort_by(
+        [("size", "descending"), ("key", "ascending")]
+    )
+    number = np.zeros(len(sizes), dtype=np.int64)
+    number[reps.column("g").to_numpy()] = np.arange(1, len(reps) + 1)
+    table = pa.table(
+        {
+            "key": rows.column("key"),
+            "group": pa.array(number[compact], pa.int64()),
+            "similarity": pa.array(similarity, pa.float32()),
+            "keep": pa.array(keep, pa.bool_()),
+        }
+    )
+    if "source" in rows.column_names:
+        table = table.append_column("source", rows.column("source"))
+    return table.sort_by(
+        [("group", "ascending"), ("keep", "descending"), ("similarity", "descending"), ("key", "ascending")]
+    )
+
+
+def outlier_table(loaded: Loaded, scores: np.ndarray) -> pa.Table:
+    """outliers.parquet's rows: every key, its mean cosine distance to nearest, rank (1: farthest)."""
+    table = loaded.rows.select(["key"]).append_column("mean_distance", pa.array(scores, pa.float32()))
+    if "source" in loaded.rows.column_names:
+        table = table.append_column("source", loaded.rows.column("source"))
+    table = table.sort_by([("mean_distance", "descending"), ("key", "ascending")])
+    return table.add_column(2, "rank", pa.array(np.arange(1, len(table) + 1, dtype=np.int64)))
+
+
+def keep_table(loaded: Loaded, groups: pa.Table) -> pa.Table:
+    """keep.parquet's rows: every key but the non-representative members of a group, in table order."""
+    removed = groups.filter(pc.invert(groups.column("keep"))).column("key")
+    return loaded.rows.filter(pc.invert(pc.is_in(loaded.rows.column("key"), value_set=removed)))
+
+
+@dataclass
+class DedupResult:
+    """What `raeflow dedup` found and wrote, for the summary."""
+
+    out: str
+    settings: DedupSettings
+    layout: Layout
+    num_images: int
+    num_groups: int
+    num_removed: int
+    top_outlier: tuple[str, float] | None
+    rejected_line: str | None
+
+    def lines(self) -> list[str]:
+        """The one-screen summary."""
+        search = "exact" if self.layout.kind == "flat" else f"approximate ({self.layout.factory})"
+        lines = [
+            f"dedup {self.out}: {self.num_images:,} images, {self.num_groups:,} groups of near-duplicates "
+            f"(cosine >= {self.settings.threshold:g}), {self.num_removed:,} images removed, "
+            f"{self.num_images - self.num_removed:,} kept",
+            f"search: {search}, {self.settings.neighbors} neighbours per image, exact cosine re-rank",
+        ]
+        if self.top_outlier:
+            key, distance = self.top_outlier
+            lines.append(
+                f"outliers: farthest {key} (mean cosine distance {distance:.3f} to its "
+                f"{self.settings.outlier_k} nearest); {OUTLIERS_FILE} ranks every image"
+            )
+        if self.rejected_line:
+            lines.append(self.rejected_line)
+        lines.append(f"wrote: {GROUPS_FILE}, {KEEP_FILE}, {OUTLIERS_FILE}, {GALLERY_FILE}")
+        return lines
+
+
+def run_dedup(settings: DedupSettings) -> DedupResult:
+    """Group the near-duplicates of `settings.data`, rank its outliers, write the lists to `settings.out`."""
+    settings.validate()
+    table = open_table(settings.data)
+    folder = Folder(settings.out)
+    loaded = load(table, settings)
+    roots, scores = search(loaded, settings)
+    groups = group_table(loaded, roots, settings.batch_size)
+    keep = keep_table(loaded, groups)
+    outliers = outlier_table(loaded, scores)
+    folder.write_table(GROUPS_FILE, groups)
+    folder.write_table(KEEP_FILE, keep)
+    folder.write_table(OUTLIERS_FILE, outliers)
+    write_rejected(folder, loaded.rejected)
+    folder.put(GALLERY_FILE, write_gallery(groups, settings, table.uri).encode())
+    num_groups = int(pc.sum(groups.column("keep")).as_py() or 0)
+    top = outliers.slice(0, 1).to_pylist()
+    return DedupResult(
+        out=settings.out,
+        settings=settings,
+        layout=loaded.layout,
+        num_images=int(loaded.index.ntotal),
+        num_groups=num_groups,
+        num_removed=len(groups) - num_groups,
+        top_outlier=(top[0]["key"], top[0]["mean_distance"]) if top and loaded.index.ntotal > 1 else None,
+        rejected_line=rejected_line(loaded.rejected, folder),
+    )
