@@ -250,18 +250,23 @@ class DedupResult:
 
     def lines(self) -> list[str]:
         """The one-screen summary."""
-        search = "exact" if self.layout.kind == "flat" else f"approximate ({self.layout.factory})"
+        search = (
+            "exact"
+            if self.layout.kind == "flat"
+            else f"approximate ({self.layout.factory}), exact cosine re-rank"
+        )
+        nearest = min(self.settings.outlier_k, self.num_images - 1)
         lines = [
             f"dedup {self.out}: {self.num_images:,} images, {self.num_groups:,} groups of near-duplicates "
             f"(cosine >= {self.settings.threshold:g}), {self.num_removed:,} images removed, "
             f"{self.num_images - self.num_removed:,} kept",
-            f"search: {search}, {self.settings.neighbors} neighbours per image, exact cosine re-rank",
+            f"search: {search}, {self.settings.neighbors} neighbours per image",
         ]
         if self.top_outlier:
             key, distance = self.top_outlier
             lines.append(
                 f"outliers: farthest {key} (mean cosine distance {distance:.3f} to its "
-                f"{self.settings.outlier_k} nearest); {OUTLIERS_FILE} ranks every image"
+                f"{nearest} nearest); {OUTLIERS_FILE} ranks every image"
             )
         if self.rejected_line:
             lines.append(self.rejected_line)
