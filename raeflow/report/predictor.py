@@ -55,8 +55,11 @@ class ReportPredictor(Predictor):
         device: str | None = None,
         precision: str = "auto",
         threads: int | None = None,
+        worker_memory_gb: float | None = None,
     ) -> None:
-        super().__init__(bundle, device=device, precision=precision, threads=threads)
+        super().__init__(
+            bundle, device=device, precision=precision, threads=threads, worker_memory_gb=worker_memory_gb
+        )
         self.noise = parse_noise(noise)
         self.noisy = self.noise.spec != "none"
         self.keeper = SampleKeeper(gallery_size=gallery_size, worst_k=worst_k, map_size=map_size)
@@ -75,8 +78,9 @@ class ReportPredictor(Predictor):
         embeddings: list[list[float] | None] = [None] * n
         map_pngs: list[bytes | None] = [None] * n
 
-        # Images of one shape run as one batch (fixed-size models: the whole batch).
-        for rows, group in self.same_shape_groups(arrays):
+        # Images of one shape run as one batch (fixed-size models: the whole batch), in several when
+        # it does not fit a worker's memory; an image that does not fit alone is rejected.
+        for rows, group in self.passes(arrays, reasons):
             clean = self.on_device(to_tensor(group))  # (B, C, H, W)
             noisy = self._corrupt(clean, [keys[i] for i in rows])
             row_labels = [labels[i] for i in rows]
