@@ -20,11 +20,13 @@ Stages:
   leaves alone), and copies the bundle to `raeflow/bundles/<name>/`. The colour model is first
   compared with the shipped one on its run's validation photos and installed only if better.
 
-Long runs: the grey model is 90 epochs of 22,976 patches at 200-240 patches/s in bf16 on 2 CPU
-cores with AMX, 110-125 s an epoch with validation: about 3 hours. The colour model is 40 epochs of
-about 29,700 patches at about 170 patches/s: about 2 hours. The MNIST model takes minutes. A stopped run (Ctrl-C, a machine gone) continues from its last checkpoint (one per
-epoch) when the same command is run again: a stage whose `model/bundle.json` exists and whose
-`metrics.jsonl` reached its `--epochs` is skipped as already trained, any other is rerun and
+Long runs: the grey model is 90 epochs of 22,976 patches at 200-265 patches/s in bf16 on 2 CPU
+cores with AMX, 90-125 s an epoch with validation: about 3 hours (3.7 while the cores were shared).
+The colour model is 40 epochs of about 29,700 patches at about 170 patches/s: about 2 hours. The
+MNIST model takes minutes. A stopped run (Ctrl-C, a machine gone) continues from its last
+checkpoint (one per epoch) when the same command is run again: a stage whose `model/bundle.json`
+exists and whose `metrics.jsonl` reached its `--epochs` is skipped as already trained, any other is
+rerun and
 `raeflow train` resumes it. While a stage runs, one line per finished epoch is printed:
 
     [denoise-grey] epoch 12/90  val 28.41 dB  231 patches/s  load 2.05  elapsed 0:21:10  ETA 1:14:30
