@@ -105,7 +105,10 @@ def tensor_peak(fn: Callable[[torch.Tensor], Any], x: torch.Tensor, known: list[
 
 
 def measure_pass(
-    fn: Callable[[torch.Tensor], Any], shape: tuple[int, int, Any, Any], known: list[torch.Tensor]
+    fn: Callable[[torch.Tensor], Any],
+    shape: tuple[int, int, Any, Any],
+    known: list[torch.Tensor],
+    device: torch.device,
 ) -> PassMemory:
     """The memory of passes of `fn` over `(B, C, H, W)` inputs, measured on two small ones.
 
@@ -120,7 +123,7 @@ def measure_pass(
         sizes = [(1, 64, 64), (1, 128, 128)]
     points = []
     for count, height, width in sizes:
-        x = torch.rand((count, channels, height, width), device=known[0].device)
+        x = torch.rand((count, channels, height, width), device=device)  # `known` may be empty
         points.append((count * height * width, tensor_peak(fn, x, known) * PASS_MEMORY_MARGIN))
     (small, small_bytes), (large, large_bytes) = points
     # The input's float copy and its uint8 source (`to_tensor`) come on top: 5 bytes a sample.
@@ -220,7 +223,9 @@ class Predictor:
         if self._pass_memory is None:
             shape = (1, self.channels, self.height, self.width)
             with torch.inference_mode():
-                self._pass_memory = measure_pass(self.measured_pass, shape, list(self.model.parameters()))
+                self._pass_memory = measure_pass(
+                    self.measured_pass, shape, list(self.model.parameters()), self.device
+                )
         return self._pass_memory
 
     def too_large(self, height: int, width: int, count: int = 1) -> str:
