@@ -9,6 +9,7 @@ user mistakes (`RaeflowError`) into a one-line error with exit code 2.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import sys
 import threading
@@ -118,11 +119,12 @@ def entry() -> NoReturn:
     A crash (any exception but `SystemExit`) exits the usual way, traceback included.
     """
     connection.EARLY_START = True  # a command may start its private Ray while it loads (not in tests)
+    code: object = 0
     try:
         main()
     except SystemExit as done:
-        _exit_now(done.code)
-    _exit_now(0)
+        code = done.code
+    _exit_now(code)  # outside `except`: the error that led to the exit, and its frames, are garbage now
 
 
 def _exit_now(code: object) -> NoReturn:
@@ -134,6 +136,11 @@ def _exit_now(code: object) -> NoReturn:
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()
     ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        # Free the job's garbage (a failed job's frames hold Ray Data iterators and object refs) while
+        # Ray is still connected: collected after the shutdown below, by Ray's own GC thread, their
+        # finalisers reach the stopped core worker, which ends the process with status 1.
+        gc.collect()
     if ray is not None and ray.is_initialized() and not console.is_verbose():
         ray.shutdown()  # Ray's own exit handler first sleeps 0.5 s for late lines, which go to its logs here
     atexit._run_exitfuncs()  # CPython's own exit handlers, run as the interpreter would

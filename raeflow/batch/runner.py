@@ -31,6 +31,7 @@ How a job plugs in (embed, denoise and report all do exactly this):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -314,16 +315,21 @@ def _stream(
     ds = pipeline(job, pending)
     books = _Books(job, manifest, dict(PLACEMENT))
     books.add_shards(pending)
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
-        assert isinstance(batch, pa.Table)
-        received[0] += batch.nbytes
-        for record in batch.to_pylist():
-            shard = books.open[record["shard"]]
-            if shard.add(record):
-                progress.advance(record["rows_in"], rejected=record["rows_rejected"])
-            if shard.complete:
-                yield from books.commit(shard)
-        yield from books.finished(wait=False)
+    batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0))
+    # Closed on any exit: a commit that fails (a full disk) or Ctrl-C would otherwise leave Ray
+    # Data's executor thread running until the traceback is freed, and Ray's shutdown at exit
+    # under it ends the process with status 1 ("the core worker has already been shutdown").
+    with contextlib.closing(batches):
+        for batch in batches:
+            assert isinstance(batch, pa.Table)
+            received[0] += batch.nbytes
+            for record in batch.to_pylist():
+                shard = books.open[record["shard"]]
+                if shard.add(record):
+                    progress.advance(record["rows_in"], rejected=record["rows_rejected"])
+                if shard.complete:
+                    yield from books.commit(shard)
+            yield from books.finished(wait=False)
     # The stream has ended: every read task ran to its end, so every shard is complete
     # (shards with no rows at all sent no record).
     for shard in list(books.open.values()):
