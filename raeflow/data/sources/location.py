@@ -4,7 +4,8 @@ Importing this module also gives S3 access its retry settings (`STORE_RETRIES`, 
 `set_store_retries`): every process that runs raeflow code reading or writing storage imports it
 (through `raeflow.data.sources`), so the driver of every command, Ray Data's read tasks, the
 predictor actors, the shard-finishing tasks and Ray Train's workers all get them, on a private Ray,
-a joined cluster or in a submitted job alike.
+a joined cluster or in a submitted job alike. For the same reason it starts counting the store
+requests that process retries (`raeflow.data.sources.retries`), which a job's summary shows.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from raeflow.data.sources.base import Shard
+from raeflow.data.sources.retries import count_store_retries
 from raeflow.errors import SourceError
 
 GLOB_CHARS = "*?["
@@ -67,6 +69,7 @@ def _aws_config_names(environ: MutableMapping[str, str]) -> set[str]:
 
 
 set_store_retries()
+count_store_retries()
 
 
 def is_glob(uri: str) -> bool:
