@@ -52,9 +52,10 @@ from raeflow.batch.location import check_out_outside_data, resolved_uri
 from raeflow.batch.manifest import REJECTED_DIR, Manifest, ShardRecord
 from raeflow.batch.output import OutputDir, exception_chain, no_space
 from raeflow.batch.summary import JobSummary, check_rejected, interrupted_message, summarise
-from raeflow.batch.worker import PartWriter, PredictAndWrite
+from raeflow.batch.worker import PartWriter, PredictAndWrite, retries_in
 from raeflow.connection import connect_ray, require_gpus
 from raeflow.data.sources.base import Shard, Source
+from raeflow.data.sources.retries import StoreRetries, store_retries
 from raeflow.errors import JobError
 from raeflow.progress import JobInterrupted, Progress
 
@@ -121,6 +122,7 @@ def run_batch_job(job: BatchJob) -> JobSummary:
     """
     job.run.validate()
     started = time.monotonic()
+    retries_before = store_retries()  # the driver's own (listing, manifest, lease) are counted from here
     settings = dict(job.settings)
     if settings.get("data"):
         check_out_outside_data(settings["data"], job.out.uri)
@@ -133,7 +135,7 @@ def run_batch_job(job: BatchJob) -> JobSummary:
     done = manifest.finished()
     check_same_shards(job.out, shards, done)
     try:
-        return _run(job, lease, manifest, settings, shards, done, started)
+        return _run(job, lease, manifest, settings, shards, done, started, retries_before)
     except Exception as err:
         stopped = stopped_by_full_disk(err, manifest, len(shards))
         if stopped is None:
@@ -186,10 +188,14 @@ def _run(
     shards: list[Shard],
     done: dict[int, ShardRecord],
     started: float,
+    retries_before: StoreRetries,
 ) -> JobSummary:
-    """`run_batch_job` once the folder is known to fit the job: take its lease, run, summarise."""
+    """`run_batch_job` once the folder is known to fit the job: take its lease, run, summarise.
+
+    `retries_before`: the store requests the driver had retried when the run started."""
     pending = [shard for shard in shards if shard.index not in done]
     received = [0]
+    retried = [StoreRetries()]  # by the workers and the shard-finishing tasks
     with Progress(job.name, quiet=job.run.quiet) as progress:
         if pending:
             num_before = len(done)
@@ -208,7 +214,7 @@ def _run(
                     prefixes = [*job.writer.part_prefixes(), (REJECTED_DIR, "part-")]
                     manifest.remove_partial(prefixes, {shard.index for shard in pending})
                     progress.say(_plan_line(job.source, shards, pending, done))
-                    for record in _stream(job, pending, manifest, progress, received):
+                    for record in _stream(job, pending, manifest, progress, received, retried):
                         done[record.shard] = record
             except KeyboardInterrupt as interrupt:
                 message = interrupted_message(job.out.url(), len(shards), done, num_before)
@@ -228,8 +234,10 @@ def _run(
         names = {shard.index: shard.name for shard in shards}
         summary.key_collisions = collisions
         summary.collision_shards = [[names.get(i, str(i)) for i in group] for group in groups]
+    summary.count_store_retries(retried[0] + store_retries() - retries_before)
     check_rejected(summary, job.run.max_rejected)
     summary.outputs += job.writer.end_job(job.out, summary)
+    summary.count_store_retries(retried[0] + store_retries() - retries_before)  # end_job's too
     manifest.mark_success(summary.as_dict())
     return summary
 
@@ -306,14 +314,20 @@ def _connect(run: RunOptions) -> None:
 
 
 def _stream(
-    job: BatchJob, pending: list[Shard], manifest: Manifest, progress: Progress, received: list[int]
+    job: BatchJob,
+    pending: list[Shard],
+    manifest: Manifest,
+    progress: Progress,
+    received: list[int],
+    retried: list[StoreRetries],
 ) -> Iterator[ShardRecord]:
     """Run the pipeline over `pending` shards; yield each shard's record once it is committed.
 
-    Adds the bytes of the commit records the driver receives to `received[0]`.
+    Adds the bytes of the commit records the driver receives to `received[0]`, and the store
+    requests the workers retried (as the records and the shard-finishing tasks say) to `retried[0]`.
     """
     ds = pipeline(job, pending)
-    books = _Books(job, manifest, dict(PLACEMENT))
+    books = _Books(job, manifest, dict(PLACEMENT), retried)
     books.add_shards(pending)
     batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0))
     # Closed on any exit: a commit that fails (a full disk) or Ctrl-C would otherwise leave Ray
@@ -323,6 +337,7 @@ def _stream(
         for batch in batches:
             assert isinstance(batch, pa.Table)
             received[0] += batch.nbytes
+            retried[0] += retries_in(batch)
             for record in batch.to_pylist():
                 shard = books.open[record["shard"]]
                 if shard.add(record):
@@ -460,8 +475,11 @@ def predictor_pool(run: RunOptions, *, fused: bool) -> Any:
 class _Books:
     """Open shards and the commits in flight (mirrors whose shard files are built by a Ray task)."""
 
-    def __init__(self, job: BatchJob, manifest: Manifest, task_args: dict[str, Any]) -> None:
+    def __init__(
+        self, job: BatchJob, manifest: Manifest, task_args: dict[str, Any], retried: list[StoreRetries]
+    ) -> None:
         self.job = job
+        self.retried = retried
         self.manifest = manifest
         self.task_args = task_args
         self.open: dict[int, OpenShard] = {}
@@ -495,7 +513,9 @@ class _Books:
             if not ready:
                 return
             shard = self.finishing.pop(ready[0])
-            yield self._write(shard, ray.get(ready[0]))
+            outputs, retried = ray.get(ready[0])
+            self.retried[0] += retried
+            yield self._write(shard, outputs)
 
     def _write(self, shard: OpenShard, outputs: list[str]) -> ShardRecord:
         if self.num_committed == self.crash_after:  # test hook: die mid-commit, leaving a temporary file
@@ -507,5 +527,10 @@ class _Books:
         return record
 
 
-def _finish_shard(writer: PartWriter, out: str, shard: Shard, parts: list[str]) -> list[str]:
-    return writer.finish_shard(OutputDir(out), shard, parts)
+def _finish_shard(
+    writer: PartWriter, out: str, shard: Shard, parts: list[str]
+) -> tuple[list[str], StoreRetries]:
+    """`writer.finish_shard` in a Ray task; also returns the store requests the task retried."""
+    before = store_retries()
+    outputs = writer.finish_shard(OutputDir(out), shard, parts)
+    return outputs, store_retries() - before

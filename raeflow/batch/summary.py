@@ -10,6 +10,7 @@ from typing import Any
 from raeflow.batch.manifest import REJECTED_DIR, ShardRecord
 from raeflow.batch.output import OutputDir
 from raeflow.data.sources.base import Shard
+from raeflow.data.sources.retries import StoreRetries
 from raeflow.errors import JobError
 from raeflow.hardware import PRECISION_NAMES
 
@@ -53,6 +54,15 @@ class JobSummary:
     """The torch threads of the predictor actors (one value when they all agree)."""
     slow_bf16_nodes: int = 0
     """Nodes that ran bf16 without native bf16 (`--precision bf16`): slower than float32 there."""
+    store_retries: int = 0
+    """Store requests this run retried (botocore's retries and s3fs's), on the driver and the workers."""
+    store_retries_by: dict[str, int] = field(default_factory=dict)
+    """`store_retries` by the layer that retried: `{"botocore": 30, "s3fs": 7}`; empty when none."""
+
+    def count_store_retries(self, retries: StoreRetries) -> None:
+        """Set `store_retries` (and `store_retries_by`) to `retries`."""
+        self.store_retries = retries.total
+        self.store_retries_by = {"botocore": retries.botocore, "s3fs": retries.s3fs} if retries.total else {}
 
     def compute_line(self) -> str | None:
         """How the model ran, for people: `bf16 autocast, 2 threads per actor`; None when unknown."""
@@ -86,6 +96,9 @@ class JobSummary:
         compute = self.compute_line()
         if compute:
             text.append(f"  model:    {compute}")
+        retried = StoreRetries(**self.store_retries_by).line()
+        if retried:  # a flaky store the job got through: how flaky
+            text.append(f"  store:    {retried}")
         text += [f"  output:   {path}" for path in self.outputs]
         if self.rejected:
             text.append(f"  rejected: {self.rejected}")

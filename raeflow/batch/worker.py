@@ -27,6 +27,7 @@ import torch
 from raeflow.batch.manifest import REJECTED_DIR, REJECTED_SCHEMA
 from raeflow.batch.output import OutputDir
 from raeflow.data.sources.base import Shard
+from raeflow.data.sources.retries import StoreRetries, store_retries
 
 COMMIT_SCHEMA = pa.schema(
     [
@@ -44,18 +45,32 @@ COMMIT_SCHEMA = pa.schema(
         ("precision", pa.string()),
         ("native_bf16", pa.bool_()),
         ("threads", pa.int64()),
+        ("retries_botocore", pa.int64()),
+        ("retries_s3fs", pa.int64()),
     ]
 )
 """What a worker reports per piece written: `shard_rows` is the shard's row count when the piece
 holds the shard's last row (else null); `key_hashes` are 8 bytes per input row (collision check);
 `precision` is what the actor's model ran in (bf16 or fp32: actors on different nodes may differ),
 `native_bf16` whether its device runs bf16 natively (bf16 without it is slower than fp32),
-`threads` how many CPU threads torch used there."""
+`threads` how many CPU threads torch used there; `retries_botocore` and `retries_s3fs` the store
+requests the worker's process retried since its previous record (`raeflow.data.sources.retries`:
+loading the model, reading when fused, writing)."""
+
+
+RETRY_COLUMNS = ("retries_botocore", "retries_s3fs")
+"""The commit-record columns that count the store requests a worker retried."""
 
 
 def piece_stem(shard: int, first_row: int) -> str:
     """The name stem of a piece's files: `00003-000512` (shard 3, from row 512)."""
     return f"{shard:05d}-{first_row:06d}"
+
+
+def retries_in(records: pa.Table) -> StoreRetries:
+    """The store requests retried, as a table of commit records says (`COMMIT_SCHEMA`)."""
+    botocore, s3fs = (int(pc.sum(records.column(name)).as_py() or 0) for name in RETRY_COLUMNS)
+    return StoreRetries(botocore=botocore, s3fs=s3fs)
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -135,6 +150,7 @@ class PredictAndWrite:
         precision: str = "auto",
         threads: int | None = None,
     ) -> None:
+        self.retries_seen = store_retries()  # what the process retried before (a reused Ray worker)
         self.predict = predictor(**predictor_kwargs, precision=precision, threads=threads)
         self.writer = writer
         self.out = OutputDir(out)
@@ -177,6 +193,7 @@ class PredictAndWrite:
             files.append(name)
             num_bytes += len(data)
         totals = rows.column("shard_rows").drop_null()
+        retried = self._retried()
         return {
             "shard": shard,
             "first_row": first_row,
@@ -192,7 +209,15 @@ class PredictAndWrite:
             "precision": self.predict.precision.name,
             "native_bf16": self.predict.precision.native,
             "threads": torch.get_num_threads(),
+            "retries_botocore": retried.botocore,
+            "retries_s3fs": retried.s3fs,
         }
+
+    def _retried(self) -> StoreRetries:
+        """The store requests this process retried since the previous record."""
+        now = store_retries()
+        retried, self.retries_seen = now - self.retries_seen, now
+        return retried
 
 
 def _node_id() -> str:
