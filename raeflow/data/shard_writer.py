@@ -49,6 +49,7 @@ from raeflow.data.shard_formats import SHARD_FILES, ShardFile
 from raeflow.data.shard_reading import ordered_batches
 from raeflow.data.sources import Source, open_source
 from raeflow.data.sources.location import filesystem, to_uri
+from raeflow.data.sources.retries import StoreRetries, store_retries
 from raeflow.errors import ConfigError
 
 COPIED_FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
@@ -114,6 +115,8 @@ class ShardReport:
     rejected_reasons: dict[str, int] = field(default_factory=dict)
     """Rejected images per reason slug."""
     seconds: float = 0.0
+    store_retries: StoreRetries = field(default_factory=StoreRetries)
+    """Store requests retried while packing (botocore's and s3fs's; the reads ahead included)."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,7 @@ def _slug(reason: str) -> str:
 def pack_source(settings: ShardSettings, *, progress: Callable[[str], None] | None = None) -> ShardReport:
     """Pack the source into shards under `settings.out`; returns what was written."""
     started = time.perf_counter()
+    retries_before = store_retries()
     source = open_source(settings.source, settings.source_format, image_column=settings.image_column)
     fs, out = filesystem(settings.out)
     _refuse_out_inside_source(source, settings.out)
@@ -227,6 +231,7 @@ def pack_source(settings: ShardSettings, *, progress: Callable[[str], None] | No
     report.rejected_reasons = dict(sorted(reasons.items()))
     _write_index(fs, out, settings, report)
     report.seconds = time.perf_counter() - started
+    report.store_retries = store_retries() - retries_before
     return report
 
 
@@ -293,3 +298,6 @@ def iter_report_lines(report: ShardReport) -> Iterator[str]:
         yield f"rejected: {report.num_rejected:,} ({by_reason}); listed in {REJECTED_NAME}"
     else:
         yield "rejected: none"
+    retried = report.store_retries.line()
+    if retried:  # a flaky store the packing got through: how flaky
+        yield f"store: {retried}"
