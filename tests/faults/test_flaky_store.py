@@ -7,7 +7,9 @@ mirror and into a Parquet mirror, report and `raeflow shard` run as the real pro
 its own private Ray, through that store. What carries them through is botocore's and s3fs's own
 retrying, with the settings raeflow gives them (`raeflow.data.sources.location.STORE_RETRIES`);
 the first tests show those settings are in force in every kind of raeflow process and what they
-are for, without Ray.
+are for, and that a process counts the requests it retried, without Ray. Each job's summary says
+how many requests were retried (`store: 37 requests retried (botocore 30, s3fs 7)`), and says
+nothing of the kind through a store that fails nothing.
 
     .venv/bin/python -m pytest tests/faults/test_flaky_store.py
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import re
 import subprocess
 import sys
 import tarfile
@@ -42,6 +46,7 @@ from raeflow.batch.lease import LEASE_FILE, Lease
 from raeflow.batch.output import TEMP_MARK, OutputDir
 from raeflow.data import images
 from raeflow.data.sources.location import STORE_RETRIES
+from raeflow.data.sources.retries import StoreRetries, store_retries
 from tests.batch.inputs import write_digit_parquet
 from tests.faults.conftest import Run, program_env
 from tests.faults.proxy import FaultyStore
@@ -93,6 +98,38 @@ def test_the_store_fails_like_a_busy_object_store(s3_server: str) -> None:
     assert body == b"x" * 3000 and time.monotonic() - started >= 1.0
     assert calm.counts["stalled"] == 1 and not calm.stall_pending
     calm.close()
+
+
+def test_a_process_counts_the_store_requests_it_retried(
+    s3_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What the summaries' `store:` line adds up: botocore's retries inside a call (an error answer,
+    an outage of two tries) and s3fs's own call again when a body is cut; nothing for requests
+    that went through, and s3fs's debug lines stay hidden while they are counted."""
+    _client(s3_server).create_bucket(Bucket="faults-counted")
+    store = FaultyStore(s3_server, error_rate=0.0, reset_rate=0.0)
+    fs = s3fs.S3FileSystem(endpoint_url=store.url, skip_instance_cache=True)
+    caplog.set_level(logging.DEBUG, logger="s3fs")  # what a user's logging would show of s3fs
+
+    def retried(action: Any) -> StoreRetries:
+        before = store_retries()
+        action()
+        return store_retries() - before
+
+    try:
+        assert retried(lambda: fs.pipe_file("faults-counted/a.bin", b"x" * 3000)) == StoreRetries()
+        assert retried(lambda: fs.cat_file("faults-counted/a.bin")) == StoreRetries()
+        store.fail_next("503", when=lambda request: request.method == "PUT")
+        assert retried(lambda: fs.pipe_file("faults-counted/b.bin", b"y" * 3000)) == StoreRetries(botocore=1)
+        store.storm(2)  # the next request's first two tries are answered 500
+        assert retried(lambda: fs.pipe_file("faults-counted/c.bin", b"z" * 3000)) == StoreRetries(botocore=2)
+        store.storm(0)
+        store.fail_next("reset_answer", when=lambda request: request.method == "GET")
+        assert retried(lambda: fs.cat_file("faults-counted/a.bin")) == StoreRetries(s3fs=1)
+    finally:
+        store.close()
+    assert store.counts["503"] == 1 and store.counts["500"] == 2 and store.counts["reset_answer"] == 1
+    assert not [r.getMessage() for r in caplog.records if r.name == "s3fs" and r.levelno < logging.INFO]
 
 
 def test_a_lease_whose_answer_was_lost_is_still_the_jobs_own(s3_server: str) -> None:
@@ -270,13 +307,31 @@ def _keys_of(files: dict[str, bytes], suffix: str, column: str = "key") -> list[
     return found
 
 
+RETRY_LINE = re.compile(r"^ *store: +([\d,]+) requests? retried \(botocore ([\d,]+), s3fs ([\d,]+)\)$", re.M)
+"""The summary line of a job that retried store requests (batch jobs indent it, `shard` does not)."""
+
+
+def _retries_said(stdout: str) -> int:
+    """How many store requests the summary says were retried (0 when it has no such line); checks
+    that the line's parts add up."""
+    lines = RETRY_LINE.findall(stdout)
+    assert len(lines) <= 1, lines
+    if not lines:
+        return 0
+    total, botocore, s3fs = (int(n.replace(",", "")) for n in lines[0])
+    assert total == botocore + s3fs, lines[0]
+    return total
+
+
 def _assert_ran_through_faults(done: subprocess.CompletedProcess[str], faults: Counter[str]) -> None:
+    """The job finished through faults of the store, and its summary counts the retries."""
     print(f"store: {dict(faults)}")  # what the job met (pytest -s shows it)
     assert done.returncode == 0, f"exit {done.returncode}; faults {dict(faults)}\n{done.stderr[-3000:]}"
     assert (
         faults["requests"] > 20
         and faults["503"] + faults["500"] + faults["reset_upload"] + faults["reset_answer"]
     ), dict(faults)
+    assert _retries_said(done.stdout) > 0, f"faults {dict(faults)}\n{done.stdout}"
 
 
 @pytest.mark.slow
@@ -297,6 +352,7 @@ def test_embed(
     assert "embed: 60 images in, 60 out, 0 rejected" in done.stdout
     files = _files(bucket_files, "out/embed")
     _assert_nothing_partial(files)
+    assert json.loads(files["_SUCCESS"])["store_retries"] == _retries_said(done.stdout)
     embedded = _keys_of(files, ".parquet")
     assert sorted(embedded) == sorted(inputs["table"]) and len(embedded) == len(set(embedded))
 
@@ -315,6 +371,7 @@ def test_denoise_mirror(
     assert "denoise: 60 images in, 60 out, 0 rejected" in done.stdout
     files = _files(bucket_files, f"out/denoise-{layout}")
     _assert_nothing_partial(files)
+    assert json.loads(files["_SUCCESS"])["store_retries"] == _retries_said(done.stdout)
     suffix = ".tar" if layout == "tars" else ".parquet"
     inputs_named = sorted(name for name in _files(bucket_files, f"in/{layout}") if name.endswith(suffix))
     assert sorted(name for name in files if not name.startswith("_")) == inputs_named
@@ -333,6 +390,7 @@ def test_report(inputs: dict[str, list[str]], through_store: Run, bucket_files: 
     assert "report: 60 images in, 60 out, 0 rejected" in done.stdout
     files = _files(bucket_files, "out/report")
     _assert_nothing_partial(files)
+    assert json.loads(files["_SUCCESS"])["store_retries"] == _retries_said(done.stdout)
     scored = pq.read_table(io.BytesIO(files["metrics.parquet"])).column("key").to_pylist()
     assert sorted(scored) == sorted(inputs["folder"]) and len(scored) == len(set(scored))
     assert json.loads(files["summary.json"])["counts"]["rows_out"] == 60
@@ -354,3 +412,25 @@ def test_shard(inputs: dict[str, list[str]], through_store: Run, bucket_files: s
     )
     packed = _keys_of(files, ".parquet")
     assert sorted(packed) == sorted(inputs["folder"]) and len(packed) == len(set(packed))
+
+
+def test_a_store_that_fails_nothing_gives_no_retry_line(
+    inputs: dict[str, list[str]], s3_server: str, tmp_path: Path
+) -> None:
+    """`raeflow shard` (no Ray) through the proxy with every fault off: no `store:` line."""
+    calm = FaultyStore(s3_server, error_rate=0.0, reset_rate=0.0)
+    out = f"s3://{BUCKET}/out/calm-shards"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "raeflow.cli", "shard", f"s3://{BUCKET}/in/folder", "--out", out],
+            env=program_env(calm.url, tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+    finally:
+        calm.close()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert calm.counts["requests"] > 20 and not calm.faults()
+    assert "packed 60 images" in done.stdout and "rejected: none" in done.stdout
+    assert "store:" not in done.stdout and _retries_said(done.stdout) == 0
