@@ -29,7 +29,9 @@ demo: install
 test: install chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The bench extra adds BM3D (non-commercial licence: a baseline to compare with, never a runtime dependency).
+# The bench extra adds BM3D (non-commercial licence: a baseline to compare with, never a runtime dependency)
+# and imagededup (bench/dedup_quality.py's perceptual-hash baseline; that bench joins this list once
+# builtin:photo-ae ships).
 bench: install
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev,s3,bench]"
 	$(PY) bench/decode.py
@@ -37,6 +39,7 @@ bench: install
 	$(PY) bench/embed_throughput.py
 	$(PY) bench/denoise_quality.py
 	$(PY) bench/zoo_quality.py
+	$(PY) bench/index_throughput.py
 
 # Retrain the pretrained bundles shipped in raeflow/bundles/ (about 3 hours on 2 CPU cores with AMX;
 # on the GPU where there is one) and measure them; stopped, it resumes when run again. Needs
