@@ -1,7 +1,8 @@
 """`raeflow index`, `raeflow neighbors`, `raeflow dedup`: curate a bucket through its embedding table.
 
 raeflow index --data emb/ --out emb-index/ [--metric cosine|l2] [--append]
-raeflow neighbors --index emb-index/ --key photos/0042 [--k 20] [--out near.parquet]
+raeflow neighbors --index emb-index/ (--key photos/0042 | --image new.jpg --model BUNDLE) [--k 20]
+                  [--out near.parquet [--html]]
 raeflow dedup --data emb/ --out dedup/ [--threshold 0.95]
 
 Options are generated from `IndexSettings` and `DedupSettings` (names, defaults, help).
@@ -78,6 +79,7 @@ def index(**options: Any) -> None:
         "neighbors": OptionSpec(metavar="K"),
         "outlier_k": OptionSpec(metavar="K"),
         "html_groups": OptionSpec(metavar="N"),
+        "html_thumbnails": OptionSpec(metavar="N"),
     },
 )
 @console_options
@@ -88,7 +90,7 @@ def dedup(**options: Any) -> None:
     image with the highest mean similarity to the others is kept (ties: the smallest key). Writes
     under --out: groups.parquet (key, group, similarity to the kept image, keep), keep.parquet (the
     keys to keep), outliers.parquet (key, mean distance to its nearest, rank) and duplicates.html
-    (offline, largest groups first).
+    (offline, largest groups first, thumbnails read from the images' sources).
 
     \b
     Example:
@@ -106,20 +108,31 @@ def dedup(**options: Any) -> None:
     specs={
         "index": OptionSpec(metavar="IDX"),
         "key": OptionSpec(metavar="KEY"),
+        "image": OptionSpec(metavar="FILE"),
+        "model": OptionSpec(metavar="BUNDLE"),
         "out": OptionSpec(metavar="FILE"),
     },
 )
 def neighbors(**options: Any) -> None:
-    """List the images most like one in an index built by `raeflow index`.
+    """List the images most like one, from an index built by `raeflow index`.
 
-    Prints the --k nearest images of --key (cosine similarity, or l2 distance for an l2 index), the
-    image itself left out; --out also writes them as Parquet (rank, key, similarity or distance, source).
+    By --key, the nearest images of an image the index holds, itself left out. By --image, a new
+    image is embedded with --model (the bundle that embedded the index's table; another one is
+    refused) exactly as `raeflow embed` would, and searched: an image the index holds comes back
+    first. Prints cosine similarities (or l2 distances for an l2 index); --out also writes them as
+    Parquet (rank, key, similarity or distance, source), and --html a page of thumbnails read
+    from the images' sources beside it (FILE.html; offline, images embedded).
 
     \b
-    Example:
+    Examples:
       raeflow neighbors --index emb-index/ --key photos/0042 --k 10
+      raeflow neighbors --index emb-index/ --image new.jpg --model runs/photos/model --out near.parquet --html
     """
     settings = settings_from(NeighborSettings, options).validate()
+    probe(settings.index, "--index")
+    if settings.image is not None and settings.model is not None:
+        probe(settings.image, "--image")
+        probe(settings.model, "--model")
     from raeflow.curate.neighbors import run_neighbors
 
     print_summary(run_neighbors(settings).lines())

@@ -76,6 +76,8 @@ class DedupSettings:
     """Rows read, and images searched, at a time (memory grows with it, never with the table)."""
     html_groups: int = 5000
     """Groups shown in duplicates.html, largest first (groups.parquet lists them all)."""
+    html_thumbnails: int = 2000
+    """Images shown as thumbnails (read from their sources) in duplicates.html, largest groups first."""
 
     def validate(self) -> DedupSettings:
         """Raise `ConfigError` for values that cannot work; returns self."""
@@ -89,7 +91,7 @@ class DedupSettings:
             exact_below=self.exact_below,
             batch_size=self.batch_size,
         )
-        _at_least(0, html_groups=self.html_groups)
+        _at_least(0, html_groups=self.html_groups, html_thumbnails=self.html_thumbnails)
         return self
 
 
@@ -111,14 +113,31 @@ class NeighborSettings:
 
     index: str
     """Index folder written by `raeflow index`."""
-    key: str
+    key: str | None = None
     """Key of an image in the index (a row of IDX/keys.parquet) whose nearest images to list."""
+    image: str | None = None
+    """An image file (path or URI) to embed with --model and search by, instead of --key."""
+    model: str | None = None
+    """The bundle that embedded the index's table (with --image): a folder or builtin:NAME."""
     k: int = 20
     """Neighbours to list."""
     out: str | None = None
     """Also write them as a Parquet file here (rank, key, similarity or distance, source)."""
+    html: bool = False
+    """With --out, also write a page of their thumbnails beside it (FILE.parquet -> FILE.html)."""
 
     def validate(self) -> NeighborSettings:
         """Raise `ConfigError` for values that cannot work; returns self."""
         _at_least(1, k=self.k)
+        if (self.key is None) == (self.image is None):
+            raise ConfigError(
+                "give either --key KEY (an image in the index) or --image FILE --model BUNDLE, not "
+                + ("both" if self.key is not None else "neither")
+            )
+        if self.image is not None and self.model is None:
+            raise ConfigError("--image needs --model: the bundle that embedded the index's table")
+        if self.model is not None and self.image is None:
+            raise ConfigError("--model is used with --image only (a --key's vector is in the index)")
+        if self.html and not self.out:
+            raise ConfigError("--html needs --out FILE.parquet: the page is written beside it (FILE.html)")
         return self
