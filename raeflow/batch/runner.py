@@ -80,6 +80,11 @@ BLOCK_BYTES = 32 * 1024 * 1024
 """Target size of a block of decoded rows, which is also what one part file holds (see docs/batch.md)."""
 
 
+_DRIVER_RETRIES_COUNTED = [StoreRetries()]
+"""The driver's store retries that a summary in this process counted already: a job counts the
+rest, so the command's own checks and listing before `run_batch_job` are in its summary too."""
+
+
 @dataclass
 class BatchJob:
     """Everything `run_batch_job` needs: where from, what to run, where to write."""
@@ -122,7 +127,7 @@ def run_batch_job(job: BatchJob) -> JobSummary:
     """
     job.run.validate()
     started = time.monotonic()
-    retries_before = store_retries()  # the driver's own (listing, manifest, lease) are counted from here
+    retries_before = _DRIVER_RETRIES_COUNTED[0]
     settings = dict(job.settings)
     if settings.get("data"):
         check_out_outside_data(settings["data"], job.out.uri)
@@ -192,7 +197,7 @@ def _run(
 ) -> JobSummary:
     """`run_batch_job` once the folder is known to fit the job: take its lease, run, summarise.
 
-    `retries_before`: the store requests the driver had retried when the run started."""
+    `retries_before`: the driver's store retries that an earlier job's summary counted."""
     pending = [shard for shard in shards if shard.index not in done]
     received = [0]
     retried = [StoreRetries()]  # by the workers and the shard-finishing tasks
@@ -238,6 +243,7 @@ def _run(
     check_rejected(summary, job.run.max_rejected)
     summary.outputs += job.writer.end_job(job.out, summary)
     summary.count_store_retries(retried[0] + store_retries() - retries_before)  # end_job's too
+    _DRIVER_RETRIES_COUNTED[0] = store_retries()
     manifest.mark_success(summary.as_dict())
     return summary
 
