@@ -323,6 +323,25 @@ def _retries_said(stdout: str) -> int:
     return total
 
 
+WORKER_WRITES = ("/part-", "/_pieces/", "/metrics-")
+"""What the predictor actors write: embed's parts, a mirror's pieces, report's metric parts."""
+
+
+def _fail_a_worker_write(store: FaultyStore, skip: int = 0) -> None:
+    """`503 SlowDown` to a file a predictor actor writes (after `skip` such requests): a retry its
+    commit record must carry to the summary (the random faults may all fall on Ray Data's read
+    tasks, which keep theirs)."""
+    seen = [0]
+
+    def chosen(request: Any) -> bool:
+        if request.method != "PUT" or not any(w in request.target for w in WORKER_WRITES):
+            return False
+        seen[0] += 1
+        return seen[0] > skip
+
+    store.fail_next("503", when=chosen)
+
+
 def _assert_ran_through_faults(done: subprocess.CompletedProcess[str], faults: Counter[str]) -> None:
     """The job finished through faults of the store, and its summary counts the retries."""
     print(f"store: {dict(faults)}")  # what the job met (pytest -s shows it)
@@ -342,6 +361,7 @@ def test_embed(
     bucket_files: s3fs.S3FileSystem,
 ) -> None:
     flaky_store.stall(STALL_S, when=lambda request: request.method == "PUT" and "/part-" in request.target)
+    _fail_a_worker_write(flaky_store, skip=1)  # not the part whose answer is held
     out = f"s3://{BUCKET}/out/embed"
     done, faults = through_store(
         ["embed", "--data", f"s3://{BUCKET}/in/table", "--model", "builtin:mnist-conv", "--out", out]
@@ -360,8 +380,13 @@ def test_embed(
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["tars", "table"])
 def test_denoise_mirror(
-    layout: str, inputs: dict[str, list[str]], through_store: Run, bucket_files: s3fs.S3FileSystem
+    layout: str,
+    inputs: dict[str, list[str]],
+    flaky_store: FaultyStore,
+    through_store: Run,
+    bucket_files: s3fs.S3FileSystem,
 ) -> None:
+    _fail_a_worker_write(flaky_store)
     out = f"s3://{BUCKET}/out/denoise-{layout}"
     done, faults = through_store(
         ["denoise", "--data", f"s3://{BUCKET}/in/{layout}", "--model", "builtin:denoise-grey", "--out", out]
@@ -380,7 +405,13 @@ def test_denoise_mirror(
 
 
 @pytest.mark.slow
-def test_report(inputs: dict[str, list[str]], through_store: Run, bucket_files: s3fs.S3FileSystem) -> None:
+def test_report(
+    inputs: dict[str, list[str]],
+    flaky_store: FaultyStore,
+    through_store: Run,
+    bucket_files: s3fs.S3FileSystem,
+) -> None:
+    _fail_a_worker_write(flaky_store)
     out = f"s3://{BUCKET}/out/report"
     done, faults = through_store(
         ["report", "--data", f"s3://{BUCKET}/in/folder", "--model", "builtin:mnist-conv", "--out", out]
