@@ -30,6 +30,17 @@ def check_map(config: ReportConfig) -> None:
         embedding_rule(config.model, contract, meta.get("embedding_dim"))
 
 
+def check_neighbors(config: ReportConfig) -> None:
+    """Refuse --neighbors before Ray starts unless it is a folder holding dedup's outliers.parquet."""
+    if not config.neighbors:
+        return
+    from raeflow.data.sources.object_store import probe
+    from raeflow.report.outliers import check_outliers
+
+    probe(config.neighbors, "--neighbors")
+    check_outliers(config.neighbors)
+
+
 @click.command("report")
 @settings_options(
     ReportConfig,
@@ -38,6 +49,8 @@ def check_map(config: ReportConfig) -> None:
         **BATCH_SPECS,
         "noise": OptionSpec(metavar="SPEC"),
         "limit": OptionSpec(metavar="N"),
+        "neighbors": OptionSpec(metavar="DIR"),
+        "top_outliers": OptionSpec(metavar="N"),
         "gallery_size": OptionSpec(names=("--gallery-size", "--gallery")),
     },
 )
@@ -46,12 +59,14 @@ def report(**options: Any) -> None:
     """Measure how well a model reconstructs a source's images, with an HTML report.
 
     Writes under --out: metrics.parquet (per image: key, label where the source has labels, mse,
-    psnr, ssim, and with --noise noisy_psnr, noisy_ssim), summary.json (means, std, p5/p50/p95,
+    psnr, ssim, with --noise noisy_psnr, noisy_ssim, with --neighbors DIR (a `raeflow dedup` folder)
+    outlier_distance, outlier_rank), summary.json (means, std, p5/p50/p95,
     counts, model, data, timings), figures/*.png and report.html (self-contained, opens offline),
     plus _manifest/, _rejected/ and _SUCCESS. Rerunning the same command resumes.
     """
     config = prepare(settings_from(ReportConfig, options))
     check_map(config)
+    check_neighbors(config)
     start_ray(config)
     from raeflow.report.job import run_report
 

@@ -3,7 +3,8 @@
 Runs on the driver after every shard is finished (also on a rerun that found nothing to do). It
 reads one part at a time: the metrics parts stream into `metrics.parquet` and into running
 statistics, the sample parts into a `SampleKeeper`, so memory stays bounded however many images
-the report covers.
+the report covers. With --neighbors each metrics part is joined with dedup's outlier scores on
+the way (`raeflow.report.outliers`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from raeflow.report import figures as draw
 from raeflow.report.config import ReportConfig
 from raeflow.report.html import render_report
 from raeflow.report.metrics import PSNR_CAP_DB
+from raeflow.report.outliers import DISTANCE, RANK, OutlierTable, Relation, outlier_summary, verified_top
 from raeflow.report.parts import PARTS_DIR, offer_sample
 from raeflow.report.samples import SampleKeeper
 from raeflow.report.stats import MetricStats
@@ -69,12 +71,19 @@ def assemble_report(out: OutputDir, job: JobSummary, context: ReportContext) -> 
     parts = [name for index in sorted(records) for name in records[index].outputs]
     metrics = [name for name in parts if name.startswith(f"{PARTS_DIR}/metrics-")]
     samples = [name for name in parts if name.startswith(f"{PARTS_DIR}/samples-")]
-    stats = _merge_metrics(out, metrics, context.metric_names)
+    neighbors = context.config.neighbors
+    table = OutlierTable.read(neighbors) if neighbors else None
+    stats, relation = _merge_metrics(out, metrics, context.metric_names, table)
     keeper = _collect_samples(out, samples, context.config)
     figures, notes, tsne_seconds = _draw_figures(keeper, stats, context)
+    outliers = None
+    if neighbors and table is not None:
+        outliers = _outliers(neighbors, table, relation, keeper, stats, context, figures)
     for name, png in figures.items():
         out.put(f"{FIGURES_DIR}/{name}.png", png)
     summary = _summary(job, stats, context, figures, notes)
+    if outliers is not None:
+        summary["outliers"] = outliers
     summary["worst"] = [
         {name: row[name] for name in ("key", "psnr", "ssim") if name in row} for row in keeper.worst.rows
     ]
@@ -90,13 +99,20 @@ def assemble_report(out: OutputDir, job: JobSummary, context: ReportContext) -> 
     return [out.url(METRICS_FILE), out.url(SUMMARY_FILE), out.url(FIGURES_DIR + "/")]
 
 
-def _merge_metrics(out: OutputDir, parts: list[str], names: tuple[str, ...]) -> dict[str, MetricStats]:
-    """Stream every metrics part, in input order, into one metrics.parquet and running statistics."""
+def _merge_metrics(
+    out: OutputDir, parts: list[str], names: tuple[str, ...], table: OutlierTable | None
+) -> tuple[dict[str, MetricStats], Relation]:
+    """Stream every metrics part, in input order, into one metrics.parquet and running statistics;
+    with `table` (--neighbors) each part gains its outlier columns and feeds the `Relation`."""
     stats = {name: MetricStats.for_metric(name) for name in names}
+    relation = Relation()
     writer: pq.ParquetWriter | None = None
     with out.open_atomic(METRICS_FILE) as handle:
         for name in parts:
             part = pq.read_table(io.BytesIO(out.read(name)))
+            if table is not None:
+                part, hashes, rows = table.join(part)
+                relation.add(part, hashes, rows)
             if writer is None:
                 writer = pq.ParquetWriter(handle, part.schema)
             writer.write_table(part)
@@ -104,7 +120,7 @@ def _merge_metrics(out: OutputDir, parts: list[str], names: tuple[str, ...]) -> 
                 stats[name].add(part.column(name).to_numpy(zero_copy_only=False).astype(np.float64))
         if writer is not None:
             writer.close()
-    return stats
+    return stats, relation
 
 
 def _collect_samples(out: OutputDir, parts: list[str], config: ReportConfig) -> SampleKeeper:
@@ -113,6 +129,7 @@ def _collect_samples(out: OutputDir, parts: list[str], config: ReportConfig) -> 
         gallery_size=config.gallery_size,
         worst_k=config.worst_k,
         map_size=config.tsne_points if config.tsne else 0,
+        outliers_size=config.top_outliers if config.neighbors else 0,
     )
     for name in parts:
         for row in pq.read_table(io.BytesIO(out.read(name))).to_pylist():
@@ -148,6 +165,39 @@ def _grid_items(rows: list[dict], caption_key: bool) -> list[draw.GridItem]:
         versions = {"original": row["clean_png"], "noisy": row["noisy_png"], "output": row["output_png"]}
         items.append(draw.GridItem(key=row["key"], versions=versions, caption=caption))
     return items
+
+
+def _outliers(
+    uri: str,
+    table: OutlierTable,
+    relation: Relation,
+    keeper: SampleKeeper,
+    stats: dict[str, MetricStats],
+    context: ReportContext,
+    figures: dict[str, bytes],
+) -> dict[str, Any]:
+    """summary.json's `outliers`; draws the top outliers' grid into `figures`."""
+    top = verified_top(table, keeper.outliers.rows, context.config.top_outliers)
+    if top:
+        versions = ["original", "noisy", "output"] if context.config.noise_spec else ["original", "output"]
+        items = []
+        for row in top:
+            caption = f"#{row[RANK]}  d {row[DISTANCE]:.3f}\n{row['psnr']:.1f} dB\n" + "\n".join(
+                draw.wrap_key(row["key"])
+            )
+            shown = {"original": row["clean_png"], "noisy": row["noisy_png"], "output": row["output_png"]}
+            items.append(draw.GridItem(key=row["key"], versions=shown, caption=caption))
+        title = f"The {len(top)} most outlying images (rank, distance d, PSNR)"
+        figures["outliers"] = draw.comparison_grid(items, versions, title)
+    psnr = stats.get("psnr")
+    return outlier_summary(
+        uri,
+        table,
+        relation,
+        top,
+        median_psnr=psnr.percentile(50) if psnr is not None and psnr.count else None,
+        worst_keys=[row["key"] for row in keeper.worst.rows],
+    )
 
 
 def _draw_figures(

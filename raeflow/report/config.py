@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from raeflow.batch.config import RunOptions
+from raeflow.batch.location import resolved_uri
 from raeflow.data.noise import parse_noise
 from raeflow.errors import ConfigError
 from raeflow.report.tsne import MAX_POINTS, MIN_POINTS
@@ -38,6 +39,11 @@ class ReportConfig:
     """How many sample images the original / noisy / output grid shows."""
     limit: int | None = None
     """Score only the first N images of the source (a quick look)."""
+    neighbors: str | None = None
+    """A `raeflow dedup` output folder: join its outliers.parquet (outlier_distance, outlier_rank) to
+    the metrics and show the top outliers."""
+    top_outliers: int = 12
+    """How many of the most outlying images the report shows (with --neighbors)."""
     source_format: str | None = None
     """Force the source kind (folder, parquet, webdataset, ...) instead of detecting it."""
     image_column: str | None = None
@@ -55,6 +61,8 @@ class ReportConfig:
             raise ConfigError(f"--gallery-size must be within 1..256, got {self.gallery_size}")
         if not MIN_POINTS <= self.tsne_points <= 20_000:
             raise ConfigError(f"--tsne-points must be within {MIN_POINTS}..20000, got {self.tsne_points}")
+        if not 1 <= self.top_outliers <= 256:
+            raise ConfigError(f"--top-outliers must be within 1..256, got {self.top_outliers}")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
 
@@ -66,7 +74,7 @@ class ReportConfig:
 
     def output_settings(self) -> dict[str, Any]:
         """The settings that shape the per-shard outputs; a rerun into the same --out must match them."""
-        return {
+        settings = {
             "data": self.data,
             "source_format": self.source_format,
             "image_column": self.image_column,
@@ -76,6 +84,10 @@ class ReportConfig:
             "gallery_size": self.gallery_size,
             "limit": self.limit,
         }
+        if self.neighbors:  # only then: folders written before --neighbors existed still resume
+            settings["neighbors"] = resolved_uri(self.neighbors)
+            settings["top_outliers"] = self.top_outliers
+        return settings
 
     def as_dict(self) -> dict[str, Any]:
         """All settings, JSON-serialisable (written to summary.json)."""

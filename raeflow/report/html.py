@@ -22,6 +22,12 @@ FIGURE_ORDER = (
     ("histograms", "Metric histograms", "Distribution of the per-image metrics over every scored image."),
     ("worst", "Worst images by PSNR", "The images the model reconstructs worst, lowest PSNR first."),
     (
+        "outliers",
+        "Top outliers",
+        "The images `raeflow dedup` ranked least like any other (largest mean cosine distance to their "
+        "nearest neighbours in the embedding table), most outlying first, with the model's output.",
+    ),
+    (
         "tsne",
         "t-SNE maps: original pixels vs embeddings",
         "Two t-SNE maps of the same sample of images side by side: left the original pixels, right "
@@ -107,6 +113,35 @@ def _worst_table(worst: Sequence[Mapping[str, Any]]) -> str:
     return f'<table class="keys" id="worst-keys"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
 
+def _outliers_notes(outliers: Mapping[str, Any]) -> list[str]:
+    """How outlier score and reconstruction error relate, the coverage, and the top outliers' table."""
+    parts = [
+        f'<p id="outlier-relation">{escape(str(outliers.get("relation", "")))}</p>',
+        f'<p class="note">{escape(str(outliers.get("coverage", "")))} Scores: '
+        f"{escape(str(outliers.get('table', '')))}; metrics.parquet has them per image "
+        "(outlier_distance, outlier_rank).</p>",
+    ]
+    head = (
+        '<th class="num">#</th><th>key</th><th class="metric">outlier rank</th>'
+        '<th class="metric">mean distance</th><th class="metric">PSNR (dB)</th><th class="metric">SSIM</th>'
+    )
+    rows = "".join(
+        f'<tr><td>{n}</td><td class="key">{escape(str(row.get("key", "")))}</td>'
+        f"<td>{_number(row.get('outlier_rank', ''))}</td>"
+        f"<td>{_number(row.get('outlier_distance', ''), 4)}</td>"
+        f"<td>{_number(row.get('psnr', ''), 2)}</td><td>{_number(row.get('ssim', ''), 3)}</td></tr>"
+        for n, row in enumerate(outliers.get("top", []), 1)
+    )
+    if rows:
+        parts.append(
+            f'<table class="keys" id="outlier-keys"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{rows}</tbody></table>"
+        )
+    if outliers.get("neighbours"):
+        parts.append(f'<p class="note">{escape(str(outliers["neighbours"]))}.</p>')
+    return parts
+
+
 def _rejected_section(rejected: Mapping[str, Any]) -> list[str]:
     """Which images could not be used and why: counts per reason, then the listed rows."""
     count = int(rejected.get("count", 0))
@@ -168,7 +203,8 @@ def render_report(summary: Mapping[str, Any], figures: Mapping[str, bytes], note
         _metrics_table(summary.get("metrics", {})),
     ]
     for name, heading, explanation in FIGURE_ORDER:
-        if name not in figures and name not in notes:
+        section = summary.get(name) if name == "outliers" else None
+        if name not in figures and name not in notes and not section:
             continue
         parts.append(f"<h2>{escape(heading)}</h2>")
         parts.append(f'<p class="note">{escape(explanation)}</p>')
@@ -178,6 +214,8 @@ def render_report(summary: Mapping[str, Any], figures: Mapping[str, bytes], note
             parts.append(f'<p class="note">{escape(notes[name])}</p>')
         if name == "worst" and summary.get("worst"):
             parts.append(_worst_table(summary["worst"]))
+        if section:
+            parts.extend(_outliers_notes(section))
     if summary.get("rejected"):
         parts.extend(_rejected_section(summary["rejected"]))
     parts.append("<h2>Settings</h2>")

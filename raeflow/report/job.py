@@ -7,9 +7,10 @@ fitted to the model, the `ReportPredictor` actors score each image (the model ge
 input with --noise; metrics compare its output to the clean image), and the driver writes small
 per-shard parts; when every shard is done `assemble_report` writes the folder:
 
-    metrics.parquet     key, [label], mse, psnr, ssim, [noisy_psnr, noisy_ssim]: one row per image
+    metrics.parquet     key, [label], mse, psnr, ssim, [noisy_psnr, noisy_ssim],
+                        [outlier_distance, outlier_rank (--neighbors)]: one row per image
     summary.json        means, std, p5/p50/p95, counts, model, data, noise, timings, settings
-    figures/*.png       gallery, histograms, worst, [tsne]
+    figures/*.png       gallery, histograms, worst, [outliers], [tsne]
     report.html         everything above on one self-contained page
     _manifest/ _rejected/ _parts/ _SUCCESS   the batch-job files (rerun = resume)
 """
@@ -33,6 +34,7 @@ from raeflow.models.embedding import embedding_rule, model_embedding_dim
 from raeflow.report.assemble import HTML_FILE, SUMMARY_FILE, ReportContext, assemble_report
 from raeflow.report.config import ReportConfig
 from raeflow.report.limit import LimitedSource
+from raeflow.report.outliers import plan_outliers
 from raeflow.report.parts import ReportWriter, metrics_schema
 from raeflow.report.predictor import METRIC_COLUMNS, NOISY_COLUMNS, ReportPredictor
 
@@ -57,6 +59,21 @@ class ReportResult:
                     f"  {label + ':':<21}mean {values['mean']:.3f}  p5 {values['p5']:.3f}  "
                     f"p50 {values['p50']:.3f}  p95 {values['p95']:.3f}"
                 )
+        outliers = self.summary.get("outliers")
+        if outliers:
+            text.append(f"  outliers: {outliers['coverage']}")
+            rho = outliers.get("spearman_distance_mse")
+            if rho is not None:
+                text.append(
+                    f"  outliers: Spearman(outlier distance, MSE) {rho:+.2f} "
+                    f"over {outliers['spearman_images']:,} images"
+                )
+            if outliers.get("top"):
+                top = outliers["top"][0]
+                text.append(
+                    f"  outliers: most outlying {top['key']} (rank {top['outlier_rank']}), "
+                    f"PSNR {top['psnr']:.2f} dB"
+                )
         return text
 
 
@@ -79,6 +96,8 @@ def run_report(config: ReportConfig) -> ReportResult:
             "labels; report it on labelled data"
         )
     label_names = getattr(source, "label_names", None)  # class folders: label i is label_names[i]
+    # The source's keys must be in the dedup table; the actors get the keys it ranks highest.
+    candidates = plan_outliers(config.neighbors, source, config.limit) if config.neighbors else None
     if config.limit is not None:
         source = LimitedSource(source, config.limit)
     any_size = "any" in (contract["height"], contract["width"])
@@ -94,6 +113,7 @@ def run_report(config: ReportConfig) -> ReportResult:
         "gallery_size": config.gallery_size,
         "worst_k": config.worst_k,
         "map_size": config.tsne_points if config.tsne else 0,
+        "outliers_size": config.top_outliers if config.neighbors else 0,
     }
     context = ReportContext(
         config=config,
@@ -138,6 +158,7 @@ def run_report(config: ReportConfig) -> ReportResult:
             "bundle": config.model,
             "noise": noise,
             "worker_memory_gb": config.run.worker_memory_gb,
+            "outliers": candidates,
             **sizes,
         },
         writer=writer,

@@ -7,8 +7,8 @@
 The shard's manifest record lists its parts, so a rerun that skips finished shards still has
 everything it needs to assemble the report: the final `metrics.parquet` and figures are built
 from the parts at the end of every run (`raeflow.report.assemble`). A sample part holds at most
-gallery + worst-k + map rows: the selection of `SampleKeeper` over that piece's rows, which
-contains every image of the global selection that came from that piece.
+gallery + worst-k + map (+ top outliers with --neighbors) rows: the selection of `SampleKeeper`
+over that piece's rows, which contains every image of the global selection that came from that piece.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from raeflow.batch.embed import LABELS_METADATA, labels_json, part_metadata
 from raeflow.batch.output import OutputDir
 from raeflow.batch.summary import JobSummary
 from raeflow.batch.worker import PartWriter, parquet_bytes, piece_stem
-from raeflow.report.predictor import NOISY_COLUMNS
-from raeflow.report.samples import SampleKeeper, gallery_rank, worst_rank
+from raeflow.report.predictor import NOISY_COLUMNS, OUTLIER_RANK_COLUMN
+from raeflow.report.samples import SampleKeeper, gallery_rank, outlier_rank, worst_rank
 
 PARTS_DIR = "_parts"
 
@@ -72,10 +72,11 @@ SAMPLES_SCHEMA = pa.schema(
         ("output_png", pa.binary()),
         ("embedding", pa.list_(pa.float32())),
         ("map_png", pa.binary()),
+        (OUTLIER_RANK_COLUMN, pa.int64()),
     ]
 )
 """Columns of a sample part (thumbnails null for map-only rows, embedding and map_png null for
-picture-only rows)."""
+picture-only rows, outlier_rank null but for dedup's outlier candidates with --neighbors)."""
 
 
 def offer_sample(keeper: SampleKeeper, row: dict) -> None:
@@ -84,6 +85,8 @@ def offer_sample(keeper: SampleKeeper, row: dict) -> None:
     if row.get("clean_png") is not None:
         keeper.gallery.offer(gallery_rank(key), row)
         keeper.worst.offer(worst_rank(key, row["psnr"]), row)
+        if row.get(OUTLIER_RANK_COLUMN) is not None:  # parts written before --neighbors existed lack it
+            keeper.outliers.offer(outlier_rank(key, row[OUTLIER_RANK_COLUMN]), row)
     if row.get("embedding") is not None:
         keeper.map.offer(gallery_rank(key), row)
 
@@ -91,7 +94,7 @@ def offer_sample(keeper: SampleKeeper, row: dict) -> None:
 def selected_rows(keeper: SampleKeeper) -> list[dict]:
     """The distinct rows a keeper selected (a row may be in several selections)."""
     seen: dict[str, dict] = {}
-    for row in keeper.gallery.rows + keeper.worst.rows + keeper.map.rows:
+    for row in keeper.gallery.rows + keeper.worst.rows + keeper.map.rows + keeper.outliers.rows:
         seen[row["key"]] = row
     return list(seen.values())
 
@@ -118,8 +121,9 @@ class ReportWriter(PartWriter):
         metrics = rows.select(self.schema.names).cast(self.schema)
         keeper = SampleKeeper(**self.keeper_sizes)
         carrying = pc.or_(rows.column("clean_png").is_valid(), rows.column("embedding").is_valid())
-        if "noisy_psnr" not in rows.column_names:
-            rows = rows.append_column("noisy_psnr", pa.nulls(rows.num_rows, pa.float64()))
+        for name in ("noisy_psnr", OUTLIER_RANK_COLUMN):
+            if name not in rows.column_names:
+                rows = rows.append_column(name, pa.nulls(rows.num_rows, SAMPLES_SCHEMA.field(name).type))
         for row in rows.filter(carrying).select(SAMPLES_SCHEMA.names).to_pylist():
             offer_sample(keeper, row)
         samples = pa.Table.from_pylist(selected_rows(keeper), schema=SAMPLES_SCHEMA)

@@ -27,7 +27,8 @@ from raeflow.batch.tiling import padded_apply
 from raeflow.data import images
 from raeflow.data.noise import parse_noise
 from raeflow.report.metrics import image_metrics
-from raeflow.report.samples import SampleKeeper, gallery_rank, key_hash, worst_rank
+from raeflow.report.outliers import OutlierCandidates, hashes_of
+from raeflow.report.samples import SampleKeeper, gallery_rank, key_hash, outlier_rank, worst_rank
 
 THUMBNAIL_SIDE = 96
 """Longest side of the thumbnails shown in the report (larger images are scaled down)."""
@@ -35,6 +36,8 @@ MAP_SIDE = 32
 """Longest side of the original-pixel thumbnails mapped by t-SNE beside the embeddings."""
 MAP_COLUMN = "map_png"
 """Column of the map rows' small original-pixel thumbnails (null for other rows)."""
+OUTLIER_RANK_COLUMN = "outlier_rank"
+"""Column of dedup's outlier rank, for rows among its candidates (with --neighbors; else null)."""
 
 METRIC_COLUMNS = ("mse", "psnr", "ssim")
 NOISY_COLUMNS = ("noisy_psnr", "noisy_ssim")
@@ -52,6 +55,8 @@ class ReportPredictor(Predictor):
         gallery_size: int = 16,
         worst_k: int = 16,
         map_size: int = 0,
+        outliers_size: int = 0,
+        outliers: OutlierCandidates | None = None,
         device: str | None = None,
         precision: str = "auto",
         threads: int | None = None,
@@ -62,7 +67,10 @@ class ReportPredictor(Predictor):
         )
         self.noise = parse_noise(noise)
         self.noisy = self.noise.spec != "none"
-        self.keeper = SampleKeeper(gallery_size=gallery_size, worst_k=worst_k, map_size=map_size)
+        self.keeper = SampleKeeper(
+            gallery_size=gallery_size, worst_k=worst_k, map_size=map_size, outliers_size=outliers_size
+        )
+        self.outliers = outliers if outliers_size > 0 else None
         # Fully convolutional models too: their `embed` averages the code over space (one length).
         self.embeds = map_size > 0
 
@@ -77,6 +85,7 @@ class ReportPredictor(Predictor):
         thumbnails: dict[str, list[bytes | None]] = {name: [None] * n for name in THUMBNAIL_COLUMNS}
         embeddings: list[list[float] | None] = [None] * n
         map_pngs: list[bytes | None] = [None] * n
+        ranks = self.outliers.ranks_of(hashes_of(keys)) if self.outliers else np.full(n, -1)  # (n,)
 
         # Images of one shape run as one batch (fixed-size models: the whole batch), in several when
         # it does not fit a worker's memory; an image that does not fit alone is rejected.
@@ -96,7 +105,7 @@ class ReportPredictor(Predictor):
             for name, column in scores.items():
                 values[name][rows] = column
             self._attach_samples(
-                rows, keys, scores["psnr"], (clean, noisy, output), thumbnails, embeddings, map_pngs
+                rows, keys, scores["psnr"], ranks, (clean, noisy, output), thumbnails, embeddings, map_pngs
             )
 
         payload: dict[str, pa.Array] = {
@@ -107,6 +116,7 @@ class ReportPredictor(Predictor):
             payload[name] = pa.array(thumbnails[name], pa.binary())
         payload["embedding"] = pa.array(embeddings, pa.list_(pa.float32()))
         payload[MAP_COLUMN] = pa.array(map_pngs, pa.binary())
+        payload[OUTLIER_RANK_COLUMN] = pa.array(ranks, pa.int64(), mask=ranks < 0)
         return self.result(batch, reasons, payload)
 
     def _corrupt(self, clean: torch.Tensor, keys: list[str]) -> torch.Tensor:
@@ -134,19 +144,24 @@ class ReportPredictor(Predictor):
         rows: list[int],
         keys: list[str],
         psnr: np.ndarray,
+        ranks: np.ndarray,
         tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         thumbnails: dict[str, list[bytes | None]],
         embeddings: list[list[float] | None],
         map_pngs: list[bytes | None],
     ) -> None:
-        """Give thumbnails (and embeddings) to the rows that enter this actor's running sample."""
+        """Give thumbnails (and embeddings) to the rows that enter this actor's running sample
+        (`ranks`: each row's outlier rank, -1 for rows that are not outlier candidates)."""
         clean, noisy, _ = tensors
         wanted_map: list[int] = []
         for j, i in enumerate(rows):
             rank = gallery_rank(keys[i])
             in_gallery = self.keeper.gallery.offer(rank, None)
             in_worst = self.keeper.worst.offer(worst_rank(keys[i], float(psnr[j])), None)
-            if in_gallery or in_worst:
+            in_outliers = ranks[i] >= 0 and self.keeper.outliers.offer(
+                outlier_rank(keys[i], int(ranks[i])), None
+            )
+            if in_gallery or in_worst or in_outliers:
                 for name, tensor in zip(THUMBNAIL_COLUMNS, tensors, strict=True):
                     if name != "noisy_png" or self.noisy:
                         thumbnails[name][i] = thumbnail_png(tensor[j])

@@ -6,11 +6,12 @@ the driver keep more than a fixed number of rows with pixels or embeddings:
 - the *gallery*: the `gallery_size` images whose key hashes lowest (a deterministic uniform
   sample: the same keys on every run, whatever the order images arrive in);
 - the *worst*: the `worst_k` images with the lowest PSNR (ties broken by key);
-- the *map*: the `map_size` images whose key hashes lowest, with their embeddings, for t-SNE.
+- the *map*: the `map_size` images whose key hashes lowest, with their embeddings, for t-SNE;
+- the *outliers* (`--neighbors`): the `outliers_size` images `raeflow dedup` ranked most outlying.
 
 The same `SampleKeeper` runs in each predictor actor, to decide which rows carry thumbnails and
 embeddings at all, and on the driver, over those rows, to pick the final sample. That is exact:
-an image that belongs to the global gallery (or worst-k, or map) also belongs to the running
+an image that belongs to the global gallery (or worst-k, map, outliers) also belongs to the running
 selection of whichever actor saw it, at the moment it saw it, because that actor had seen a
 subset of all images. So every image of the final sample reaches the driver with its pixels.
 """
@@ -64,6 +65,8 @@ class SampleKeeper:
     """How many lowest-PSNR images to keep."""
     map_size: int = 0
     """How many embeddings to keep for the t-SNE map (0: none)."""
+    outliers_size: int = 0
+    """How many of the most outlying images to keep (with --neighbors; 0: none)."""
 
     def __post_init__(self) -> None:
         self.gallery = Selection(self.gallery_size)
@@ -72,6 +75,8 @@ class SampleKeeper:
         """Ranked by (psnr, key): lowest PSNR first."""
         self.map = Selection(self.map_size)
         """Ranked by (key hash, key), rows carry embeddings."""
+        self.outliers = Selection(self.outliers_size)
+        """Ranked by (dedup's outlier rank, key): most outlying first."""
 
 
 def gallery_rank(key: str, hash_value: int | None = None) -> tuple[int, str]:
@@ -82,3 +87,8 @@ def gallery_rank(key: str, hash_value: int | None = None) -> tuple[int, str]:
 def worst_rank(key: str, psnr: float) -> tuple[float, str]:
     """Rank of an image in the worst-k (smaller is kept: lower PSNR)."""
     return (psnr, key)
+
+
+def outlier_rank(key: str, rank: int) -> tuple[int, str]:
+    """Rank of an image in the outliers selection (smaller is kept: dedup's rank 1 is the farthest)."""
+    return (rank, key)
