@@ -7,6 +7,6 @@ and outliers (`raeflow dedup`).
 `table.py` streams and checks the table's parts, `layout.py` chooses the index by size and memory,
 `index.py` builds, appends and measures recall, `dedup.py` groups and ranks, `query.py` embeds a new
 image for `neighbors --image`, `thumbnails.py` reads thumbnails back from the rows' sources, and
-`gallery.py` writes duplicates.html and the neighbors page. Ray-free: everything here runs in the command's own process, in batches, and never holds
-an n x n matrix.
+`gallery.py` writes duplicates.html and the neighbors page. Ray-free: everything here runs in the
+command's own process, in batches, and never holds an n x n matrix.
 """

@@ -283,6 +283,7 @@ def _summary(
             "rows_rejected": job.images_rejected,
             "shards": job.num_shards,
             "shards_skipped": job.num_shards_skipped,
+            "store_retries": job.store_retries,
         },
         "compute": _compute(job),
         "metrics": metrics,

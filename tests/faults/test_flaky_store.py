@@ -425,6 +425,8 @@ def test_report(
     scored = pq.read_table(io.BytesIO(files["metrics.parquet"])).column("key").to_pylist()
     assert sorted(scored) == sorted(inputs["folder"]) and len(scored) == len(set(scored))
     assert json.loads(files["summary.json"])["counts"]["rows_out"] == 60
+    # written during the job's end, before its own writes' retries are added: at most the final count
+    assert 0 < json.loads(files["summary.json"])["counts"]["store_retries"] <= _retries_said(done.stdout)
     assert files["report.html"].decode().count("data:image/png;base64,") >= 3
 
 
