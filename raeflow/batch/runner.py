@@ -57,6 +57,7 @@ from raeflow.connection import connect_ray, require_gpus
 from raeflow.data.sources.base import Shard, Source
 from raeflow.data.sources.retries import StoreRetries, store_retries
 from raeflow.errors import JobError
+from raeflow.interrupts import SigintWatch
 from raeflow.progress import JobInterrupted, Progress
 
 CRASH_HOOK = "RAEFLOW_TEST_CRASH_AFTER_SHARDS"
@@ -201,7 +202,7 @@ def _run(
     pending = [shard for shard in shards if shard.index not in done]
     received = [0]
     retried = [StoreRetries()]  # by the workers and the shard-finishing tasks
-    with Progress(job.name, quiet=job.run.quiet) as progress:
+    with Progress(job.name, quiet=job.run.quiet) as progress, SigintWatch() as sigint:
         if pending:
             num_before = len(done)
             try:
@@ -219,8 +220,9 @@ def _run(
                     prefixes = [*job.writer.part_prefixes(), (REJECTED_DIR, "part-")]
                     manifest.remove_partial(prefixes, {shard.index for shard in pending})
                     progress.say(_plan_line(job.source, shards, pending, done))
-                    for record in _stream(job, pending, manifest, progress, received, retried):
+                    for record in _stream(job, pending, manifest, progress, received, retried, sigint):
                         done[record.shard] = record
+                sigint.check()  # a Ctrl-C that something swallowed still stops the job before its end
             except KeyboardInterrupt as interrupt:
                 message = interrupted_message(job.out.url(), len(shards), done, num_before)
                 raise JobInterrupted(message) from interrupt
@@ -326,8 +328,11 @@ def _stream(
     progress: Progress,
     received: list[int],
     retried: list[StoreRetries],
+    sigint: SigintWatch,
 ) -> Iterator[ShardRecord]:
     """Run the pipeline over `pending` shards; yield each shard's record once it is committed.
+
+    Between batches, `sigint.check()` raises `KeyboardInterrupt` for a Ctrl-C that was swallowed.
 
     Adds the bytes of the commit records the driver receives to `received[0]`, and the store
     requests the workers retried (as the records and the shard-finishing tasks say) to `retried[0]`.
@@ -351,6 +356,7 @@ def _stream(
                 if shard.complete:
                     yield from books.commit(shard)
             yield from books.finished(wait=False)
+            sigint.check()
     # The stream has ended: every read task ran to its end, so every shard is complete
     # (shards with no rows at all sent no record).
     for shard in list(books.open.values()):
