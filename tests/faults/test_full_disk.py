@@ -266,8 +266,14 @@ def test_embed_on_an_out_that_fills_mid_job_stops_in_one_line_and_resumes_exactl
     _enlarge(folder, 4096)
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    if records:
-        assert f"({len(records)} already done)" in rerun.stdout, rerun.stdout
+    assert_resumed_exactly_once(out, keys, rerun.stdout, len(records))
+
+
+def assert_resumed_exactly_once(out: Path, keys: list[str], stdout: str, num_done: int) -> None:
+    """A rerun's output folder: it said how many shards were done before, finished, left no
+    temporary file, and its parts hold every key once, in input order."""
+    if num_done:
+        assert f"({num_done} already done)" in stdout, stdout
     done = _files(out)
     assert "_SUCCESS" in done and not [name for name in done if TEMP_MARK in name]
     embedded: list[str] = []

@@ -42,7 +42,13 @@ import pytest
 from raeflow.batch.lease import LEASE_FILE
 from raeflow.batch.output import TEMP_MARK
 from raeflow.models import create_model, save_bundle
-from tests.faults.test_full_disk import Disk, _files, _one_error_line, small_disk  # noqa: F401
+from tests.faults.test_full_disk import (  # noqa: F401
+    Disk,
+    _files,
+    _one_error_line,
+    assert_resumed_exactly_once,
+    small_disk,
+)
 
 MIB = 1024 * 1024
 STORE_BYTES = 80 * MIB
@@ -202,19 +208,14 @@ def test_a_spill_folder_that_fills_mid_job_stops_it_in_one_line_and_the_rerun_fi
     assert not [name for name in left if TEMP_MARK in name], left
     records = [name for name in left if name.startswith("_manifest/shard-")]
     assert f"; {len(records)} of 2 shards are finished; " in line
-    # Ray's spilling is what filled the disk: a spill file of Ray's, the disk now over the threshold
+    # Ray did spill there. Then either its spill write filled the disk (over the 95 % threshold, so
+    # the next block is refused) or the block went to its fallback allocation on the same disk,
+    # which had no room either: both end in Ray's OutOfDiskError, and which one comes first
+    # varies from run to run (seen both ways here), so the test does not depend on it.
     assert list(folder.glob("ray_spilled_objects_*/*")), _spilled(folder)
-    assert usage.used > 0.95 * usage.total, (usage, _spilled(folder))
 
     os.unlink(filler)
     rerun, seconds = _run(command, node, RERUN_WITHIN_S)
     print(f"the rerun: {seconds:.1f} s; left in the spill folder: {_spilled(folder)}")
     assert rerun.returncode == 0, rerun.stderr[-3000:] + node.ray_said()
-    if records:
-        assert f"({len(records)} already done)" in rerun.stdout, rerun.stdout
-    done = _files(out)
-    assert "_SUCCESS" in done and not [name for name in done if TEMP_MARK in name]
-    embedded: list[str] = []
-    for part in (name for name in done if name.startswith("part-")):
-        embedded += pq.read_table(out / part).column("key").to_pylist()
-    assert embedded == keys  # every key once, in input order
+    assert_resumed_exactly_once(out, keys, rerun.stdout, len(records))
