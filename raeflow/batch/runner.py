@@ -246,6 +246,9 @@ def _run(
     summary.outputs += job.writer.end_job(job.out, summary)
     summary.count_store_retries(retried[0] + store_retries() - retries_before)  # end_job's too
     _DRIVER_RETRIES_COUNTED[0] = store_retries()
+    # A predictor actor killed in the middle of a write (and replaced) left its temporary file:
+    # every shard is committed now and nothing of this job writes any more.
+    job.out.remove_leftovers()
     manifest.mark_success(summary.as_dict())
     return summary
 
