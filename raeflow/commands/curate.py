@@ -17,7 +17,8 @@ import click
 from raeflow.batch.location import check_out_outside_data
 from raeflow.commands.batch import check_out_folder, print_summary
 from raeflow.commands.options import OptionSpec, console_options, settings_from, settings_options
-from raeflow.curate.config import METRICS, DedupSettings, IndexSettings, NeighborSettings
+from raeflow.connection import check_reachable
+from raeflow.curate.config import BACKENDS, METRICS, DedupSettings, IndexSettings, NeighborSettings
 from raeflow.data.sources.object_store import probe
 
 CURATE_SPECS: dict[str, OptionSpec] = {
@@ -25,6 +26,8 @@ CURATE_SPECS: dict[str, OptionSpec] = {
     "max_memory": OptionSpec(metavar="SIZE"),
     "exact_below": OptionSpec(metavar="N"),
     "batch_size": OptionSpec(metavar="N"),
+    "backend": OptionSpec(choices=BACKENDS),
+    "address": OptionSpec(metavar="HOST:PORT"),
 }
 
 
@@ -35,6 +38,8 @@ def _check_paths(settings: Any) -> Any:
     check_out_outside_data(settings.data, settings.out)
     probe(settings.data, "--data")
     probe(settings.out, "--out", output=True)
+    if settings.backend != "local":
+        check_reachable(settings.address)  # an --address that does not answer: one line, before any work
     return settings
 
 
@@ -78,6 +83,7 @@ def index(**options: Any) -> None:
         "threshold": OptionSpec(metavar="COSINE"),
         "neighbors": OptionSpec(metavar="K"),
         "outlier_k": OptionSpec(metavar="K"),
+        "outlier_neighbors": OptionSpec(metavar="N"),
         "html_groups": OptionSpec(metavar="N"),
         "html_thumbnails": OptionSpec(metavar="N"),
     },
@@ -89,7 +95,8 @@ def dedup(**options: Any) -> None:
     Images whose cosine similarity reaches --threshold are joined into groups; in each group the
     image with the highest mean similarity to the others is kept (ties: the smallest key). Writes
     under --out: groups.parquet (key, group, similarity to the kept image, keep), keep.parquet (the
-    keys to keep), outliers.parquet (key, mean distance to its nearest, rank) and duplicates.html
+    keys to keep), outliers.parquet (key, mean distance to its nearest, rank; the nearest keys of the
+    --outlier-neighbors most outlying) and duplicates.html
     (offline, largest groups first, thumbnails read from the images' sources).
 
     \b
@@ -97,6 +104,15 @@ def dedup(**options: Any) -> None:
       raeflow dedup --data emb/ --out dedup/ --threshold 0.95
     """
     settings = _check_paths(settings_from(DedupSettings, options))
+    from raeflow.curate.config import runs_on_ray
+    from raeflow.curate.table import open_table
+
+    table = open_table(settings.data)
+    if runs_on_ray(settings.backend, settings.address, table.num_rows, settings.exact_below):
+        from raeflow.curate.remote import run_dedup_on_ray
+
+        print_summary(run_dedup_on_ray(settings, table).lines())
+        return
     from raeflow.curate.dedup import run_dedup
 
     print_summary(run_dedup(settings).lines())

@@ -8,6 +8,10 @@ from dataclasses import dataclass
 from raeflow.errors import ConfigError
 
 METRICS = ("cosine", "l2")
+BACKENDS = ("auto", "local", "ray")
+RAY_ABOVE = 100_000
+"""Without --address, `--backend auto` runs on Ray only for tables above this many rows (and above
+--exact-below): smaller tables are quicker in the command's own process than a Ray start."""
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
@@ -42,12 +46,19 @@ class IndexSettings:
     """Vectors searched both ways to measure recall@10 of an approximate index (index.json)."""
     batch_size: int = 16_384
     """Rows read and added at a time (memory grows with it, never with the table)."""
+    backend: str = "auto"
+    """Where the work runs: local (this process, no Ray), ray (Ray tasks and actors; a cluster with
+    --address), or auto: ray when --address / $RAY_ADDRESS is given or the table has more rows than
+    --exact-below and 100,000."""
+    address: str | None = None
+    """Ray cluster to run on (ray backend); default: $RAY_ADDRESS, else a private local Ray."""
 
     def validate(self) -> IndexSettings:
         """Raise `ConfigError` for values that cannot work; returns self."""
         if self.metric is not None:
             check_metric(self.metric)
         parse_memory(self.max_memory)
+        check_backend(self.backend)
         _at_least(
             1, exact_below=self.exact_below, recall_sample=self.recall_sample, batch_size=self.batch_size
         )
@@ -68,6 +79,8 @@ class DedupSettings:
     """Neighbours searched per image; a group grows further through its members' own neighbours."""
     outlier_k: int = 10
     """Neighbours whose mean cosine distance is an image's outlier score."""
+    outlier_neighbors: int = 1000
+    """Most outlying images whose --outlier-k nearest (keys, similarities) outliers.parquet lists; 0: none."""
     max_memory: str = "4G"
     """Memory the in-memory index may take (it keeps every vector, float32)."""
     exact_below: int = 100_000
@@ -78,12 +91,19 @@ class DedupSettings:
     """Groups shown in duplicates.html, largest first (groups.parquet lists them all)."""
     html_thumbnails: int = 2000
     """Images shown as thumbnails (read from their sources) in duplicates.html, largest groups first."""
+    backend: str = "auto"
+    """Where the work runs: local (this process, no Ray), ray (Ray tasks and actors; a cluster with
+    --address), or auto: ray when --address / $RAY_ADDRESS is given or the table has more rows than
+    --exact-below and 100,000."""
+    address: str | None = None
+    """Ray cluster to run on (ray backend); default: $RAY_ADDRESS, else a private local Ray."""
 
     def validate(self) -> DedupSettings:
         """Raise `ConfigError` for values that cannot work; returns self."""
         if not 0 < self.threshold <= 1:
             raise ConfigError(f"--threshold must be in (0, 1] (a cosine similarity), not {self.threshold:g}")
         parse_memory(self.max_memory)
+        check_backend(self.backend)
         _at_least(
             1,
             neighbors=self.neighbors,
@@ -91,8 +111,29 @@ class DedupSettings:
             exact_below=self.exact_below,
             batch_size=self.batch_size,
         )
-        _at_least(0, html_groups=self.html_groups, html_thumbnails=self.html_thumbnails)
+        _at_least(
+            0,
+            outlier_neighbors=self.outlier_neighbors,
+            html_groups=self.html_groups,
+            html_thumbnails=self.html_thumbnails,
+        )
         return self
+
+
+def check_backend(backend: str) -> None:
+    """Raise `ConfigError` unless `backend` is one `index` and `dedup` run on."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+
+
+def runs_on_ray(backend: str, address: str | None, num_rows: int, exact_below: int) -> bool:
+    """Whether a command with these settings runs on Ray: `ray`, or `auto` with a cluster to join
+    (--address / $RAY_ADDRESS) or a table of more rows than --exact-below and `RAY_ABOVE`."""
+    if backend != "auto":
+        return backend == "ray"
+    from raeflow.connection import resolve_address  # no Ray import: it reads the option and environment
+
+    return resolve_address(address) is not None or num_rows > max(exact_below, RAY_ABOVE)
 
 
 def check_metric(metric: str) -> None:

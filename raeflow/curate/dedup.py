@@ -12,6 +12,8 @@
    members (the mean is `v . sum(group) / size`, so no pairwise matrix is built), ties going to the
    smallest key. It is kept; the other members are not.
 4. Outlier score: an image's mean cosine distance (1 - similarity) to its `--outlier-k` nearest.
+   The `--outlier-neighbors` most outlying images are searched again, alone, for the keys and
+   similarities of those nearest (outliers.parquet's `neighbors`, `neighbor_similarity`).
 
 Memory holds the vectors, the keys and a few numbers per image; never an n x n matrix.
 """
@@ -105,11 +107,24 @@ def neighbours(loaded: Loaded, first: int, count: int, k: int) -> tuple[np.ndarr
 
     Both `(count, k)`, nearest first; a neighbour the search did not return has id -1, similarity -inf.
     """
-    index = loaded.index
-    queries = index.reconstruct_n(first, count)  # (b, D)
+    queries = loaded.index.reconstruct_n(first, count)  # (b, D)
+    return _nearest_others(loaded.index, queries, np.arange(first, first + count), k)
+
+
+def neighbours_of(loaded: Loaded, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`neighbours` of the images `ids` (any ids, in any order): both `(len(ids), k)`, nearest first."""
+    ids = np.asarray(ids, dtype=np.int64)
+    return _nearest_others(loaded.index, loaded.index.reconstruct_batch(ids), ids, k)
+
+
+def _nearest_others(
+    index: faiss.Index, queries: np.ndarray, own: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The `k` nearest of each query vector (the stored vector of id `own[i]`) but itself, re-ranked
+    by exact cosine similarity."""
+    count = len(own)
     _, found = index.search(queries, k + 1)  # (b, k + 1), usually itself first
-    own = np.arange(first, first + count)[:, None]
-    is_self = found == own
+    is_self = found == own[:, None]
     is_self[~is_self.any(axis=1), -1] = True  # itself not found: drop the farthest instead
     ids = found[~is_self].reshape(count, k)
     stored = index.reconstruct_batch(np.where(ids < 0, 0, ids).ravel()).reshape(count, k, -1)  # (b, k, D)
@@ -220,13 +235,55 @@ def _groups(
     )
 
 
-def outlier_table(loaded: Loaded, scores: np.ndarray) -> pa.Table:
-    """outliers.parquet's rows: every key, its mean cosine distance to nearest, rank (1: farthest)."""
+def outlier_table(loaded: Loaded, scores: np.ndarray, settings: DedupSettings) -> pa.Table:
+    """outliers.parquet's rows: every key, its mean cosine distance to nearest, rank (1: farthest),
+    source, and for the `--outlier-neighbors` first ranks the keys and similarities of the nearest
+    (`outlier_neighbours`; null below them)."""
     table = loaded.rows.select(["key"]).append_column("mean_distance", pa.array(scores, pa.float32()))
     if "source" in loaded.rows.column_names:
         table = table.append_column("source", loaded.rows.column("source"))
+    table = table.append_column("id", pa.array(np.arange(len(table), dtype=np.int64)))
     table = table.sort_by([("mean_distance", "descending"), ("key", "ascending")])
-    return table.add_column(2, "rank", pa.array(np.arange(1, len(table) + 1, dtype=np.int64)))
+    table = table.add_column(2, "rank", pa.array(np.arange(1, len(table) + 1, dtype=np.int64)))
+    top = table.column("id").to_numpy()[: settings.outlier_neighbors]
+    keys, similarity = outlier_neighbours(loaded, top, settings, len(table))
+    table = table.drop_columns(["id"])
+    return table.append_column("neighbors", keys).append_column("neighbor_similarity", similarity)
+
+
+def outlier_neighbours(
+    loaded: Loaded, ids: np.ndarray, settings: DedupSettings, num_rows: int
+) -> tuple[pa.Array, pa.Array]:
+    """outliers.parquet's `neighbors` (list<string>) and `neighbor_similarity` (list<float32>) columns,
+    `num_rows` long: the keys and exact cosine similarities of the `--outlier-k` nearest other images
+    of each of `ids` (its first rows), nearest first; null for the rows after them.
+
+    Searched again for these ids only, a batch at a time with the k `search` used (so the mean of
+    `1 - neighbor_similarity` is the row's `mean_distance`); memory grows with len(ids) * k only.
+    """
+    num = int(loaded.index.ntotal)
+    k = max(1, min(num - 1, max(settings.neighbors, settings.outlier_k)))  # as `search` searched
+    step = max(1, min(settings.batch_size, 1024))  # (step, k, D) floats are held while re-ranking
+    found_ids, found_sims, lengths = [], [], np.zeros(len(ids), dtype=np.int32)
+    for first in range(0, len(ids) if num > 1 else 0, step):
+        batch = ids[first : first + step]
+        sims, near = neighbours_of(loaded, batch, k)
+        sims, near = sims[:, : settings.outlier_k], near[:, : settings.outlier_k]  # (b, outlier_k)
+        found = np.isfinite(sims)  # a neighbour the search did not return is left out
+        lengths[first : first + len(batch)] = found.sum(axis=1)
+        found_ids.append(near[found])
+        found_sims.append(sims[found].astype(np.float32))
+    offsets = np.zeros(num_rows + 1, dtype=np.int32)
+    offsets[1 : len(ids) + 1] = np.cumsum(lengths)
+    offsets[len(ids) + 1 :] = offsets[len(ids)]
+    shown = np.concatenate(found_ids) if found_ids else np.zeros(0, np.int64)
+    missing = pa.array(np.arange(num_rows) >= len(ids))  # null: not among the first ranks
+    keys = loaded.rows.column("key").take(pa.array(shown, pa.int64())).combine_chunks()
+    similarity = pa.array(np.concatenate(found_sims) if found_sims else np.zeros(0, np.float32), pa.float32())
+    return (
+        pa.ListArray.from_arrays(pa.array(offsets), keys.cast(pa.string()), mask=missing),
+        pa.ListArray.from_arrays(pa.array(offsets), similarity, mask=missing),
+    )
 
 
 def keep_table(loaded: Loaded, groups: pa.Table) -> pa.Table:
@@ -283,7 +340,7 @@ def run_dedup(settings: DedupSettings) -> DedupResult:
     roots, scores = search(loaded, settings)
     groups = group_table(loaded, roots, settings.batch_size)
     keep = keep_table(loaded, groups)
-    outliers = outlier_table(loaded, scores)
+    outliers = outlier_table(loaded, scores, settings)
     folder.write_table(GROUPS_FILE, groups)
     folder.write_table(KEEP_FILE, keep)
     folder.write_table(OUTLIERS_FILE, outliers)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -120,3 +121,64 @@ def test_nan_vectors_are_listed_and_the_rest_deduplicated(tmp_path: Path) -> Non
     assert "38 images, 1 groups" in summary
     keep = pq.read_table(tmp_path / "out" / "keep.parquet").column("key").to_pylist()
     assert "k07" in keep and "k08" not in keep and "k05" not in keep
+
+
+def brute_force_neighbours(data: Path) -> tuple[list[str], np.ndarray]:
+    """Every key of the table and its exact cosine similarity to every other image, `(n, n)`."""
+    keys, rows = [], []
+    for part in sorted(data.glob("part-*.parquet")):
+        table = pq.read_table(part)
+        keys += table.column("key").to_pylist()
+        rows += table.column("embedding").to_pylist()
+    vectors = np.array(rows, dtype=np.float64)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -np.inf)  # an image is not its own neighbour
+    return keys, sims
+
+
+@pytest.mark.parametrize("exact_below", ["100000", "50"], ids=["flat", "hnsw"])
+def test_the_top_outliers_list_their_true_nearest_keys_and_only_they(
+    table: tuple[Path, dict[str, list[str]]], tmp_path: Path, exact_below: str
+) -> None:
+    data, _ = table
+    extra = ("--outlier-k", "6", "--outlier-neighbors", "25", "--exact-below", exact_below)
+    dedup(data, tmp_path / "out", *extra)
+    outliers = pq.read_table(tmp_path / "out" / "outliers.parquet")
+    for name, value_type in (("neighbors", pa.string()), ("neighbor_similarity", pa.float32())):
+        kind = outliers.schema.field(name).type
+        assert pa.types.is_list(kind) and kind.value_type == value_type
+    rows = outliers.to_pylist()
+    keys, sims = brute_force_neighbours(data)
+    at = {key: i for i, key in enumerate(keys)}
+    for row in rows[:25]:
+        listed, similarity = row["neighbors"], row["neighbor_similarity"]
+        assert len(listed) == len(similarity) == 6 and row["key"] not in listed
+        assert similarity == sorted(similarity, reverse=True)  # nearest first
+        truth = sims[at[row["key"]]]
+        expected = np.sort(truth)[::-1][:6]
+        # The listed keys are the nearest: their exact similarities are the 6 largest (ties aside).
+        np.testing.assert_allclose([truth[at[k]] for k in listed], expected, atol=1e-5)
+        np.testing.assert_allclose(similarity, expected, atol=1e-5)
+        # ... and the very ones the outlier score was computed from.
+        assert row["mean_distance"] == pytest.approx(np.mean(1 - np.array(similarity)), abs=1e-5)
+    assert all(row["neighbors"] is None and row["neighbor_similarity"] is None for row in rows[25:])
+
+
+def test_outlier_neighbors_zero_leaves_the_columns_null(
+    table: tuple[Path, dict[str, list[str]]], tmp_path: Path
+) -> None:
+    data, planted_keys = table
+    dedup(data, tmp_path / "out", "--outlier-neighbors", "0")
+    outliers = pq.read_table(tmp_path / "out" / "outliers.parquet")
+    assert outliers.column("neighbors").null_count == outliers.column("neighbor_similarity").null_count == 309
+    assert outliers.column("key")[0].as_py() == planted_keys["outlier"][0]  # ranks unchanged
+
+
+def test_a_negative_outlier_neighbors_is_a_one_line_error(
+    table: tuple[Path, dict[str, list[str]]], tmp_path: Path
+) -> None:
+    data, _ = table
+    args = ["dedup", "--data", str(data), "--out", str(tmp_path / "out"), "--outlier-neighbors", "-1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "--outlier-neighbors must be at least 0, not -1" in result.output
