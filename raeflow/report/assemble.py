@@ -4,7 +4,8 @@ Runs on the driver after every shard is finished (also on a rerun that found not
 reads one part at a time: the metrics parts stream into `metrics.parquet` and into running
 statistics, the sample parts into a `SampleKeeper`, so memory stays bounded however many images
 the report covers. With --neighbors each metrics part is joined with dedup's outlier scores on
-the way (`raeflow.report.outliers`).
+the way (`raeflow.report.outliers`), and the top outliers' nearest images are read back from their
+sources as thumbnails for the page.
 """
 
 from __future__ import annotations
@@ -23,11 +24,21 @@ from raeflow import __version__
 from raeflow.batch.manifest import REJECTED_DIR, Manifest
 from raeflow.batch.output import TEMP_MARK, OutputDir
 from raeflow.batch.summary import JobSummary
+from raeflow.curate.thumbnails import Item, Thumbnail
 from raeflow.report import figures as draw
 from raeflow.report.config import ReportConfig
 from raeflow.report.html import render_report
 from raeflow.report.metrics import PSNR_CAP_DB
-from raeflow.report.outliers import DISTANCE, RANK, OutlierTable, Relation, outlier_summary, verified_top
+from raeflow.report.outliers import (
+    DISTANCE,
+    RANK,
+    OutlierTable,
+    Relation,
+    neighbour_thumbnails,
+    outlier_summary,
+    read_neighbours,
+    verified_top,
+)
 from raeflow.report.parts import PARTS_DIR, offer_sample
 from raeflow.report.samples import SampleKeeper
 from raeflow.report.stats import MetricStats
@@ -76,9 +87,10 @@ def assemble_report(out: OutputDir, job: JobSummary, context: ReportContext) -> 
     stats, relation = _merge_metrics(out, metrics, context.metric_names, table)
     keeper = _collect_samples(out, samples, context.config)
     figures, notes, tsne_seconds = _draw_figures(keeper, stats, context)
-    outliers = None
+    outliers: dict[str, Any] | None = None
+    thumbnails: dict[Item, Thumbnail] = {}  # the top outliers' and their nearest images'
     if neighbors and table is not None:
-        outliers = _outliers(neighbors, table, relation, keeper, stats, context, figures)
+        outliers, thumbnails = _outliers(neighbors, table, relation, keeper, stats, context, figures)
     for name, png in figures.items():
         out.put(f"{FIGURES_DIR}/{name}.png", png)
     summary = _summary(job, stats, context, figures, notes)
@@ -95,7 +107,7 @@ def assemble_report(out: OutputDir, job: JobSummary, context: ReportContext) -> 
         total_seconds=round(time.monotonic() - context.started, 3),
     )
     out.put(SUMMARY_FILE, json.dumps(summary, indent=1, sort_keys=True).encode())
-    out.put(HTML_FILE, render_report(summary, figures, notes).encode("utf-8"))
+    out.put(HTML_FILE, render_report(summary, figures, notes, thumbnails).encode("utf-8"))
     return [out.url(METRICS_FILE), out.url(SUMMARY_FILE), out.url(FIGURES_DIR + "/")]
 
 
@@ -175,9 +187,12 @@ def _outliers(
     stats: dict[str, MetricStats],
     context: ReportContext,
     figures: dict[str, bytes],
-) -> dict[str, Any]:
-    """summary.json's `outliers`; draws the top outliers' grid into `figures`."""
+) -> tuple[dict[str, Any], dict[Item, Thumbnail]]:
+    """summary.json's `outliers`; draws the top outliers' grid into `figures`; the thumbnails of the
+    top outliers and of their nearest images (read from the sources outliers.parquet names)."""
     top = verified_top(table, keeper.outliers.rows, context.config.top_outliers)
+    neighbours = read_neighbours(uri, [row["key"] for row in top])
+    thumbnails = neighbour_thumbnails(neighbours)
     if top:
         versions = ["original", "noisy", "output"] if context.config.noise_spec else ["original", "output"]
         items = []
@@ -190,14 +205,16 @@ def _outliers(
         title = f"The {len(top)} most outlying images (rank, distance d, PSNR)"
         figures["outliers"] = draw.comparison_grid(items, versions, title)
     psnr = stats.get("psnr")
-    return outlier_summary(
+    summary = outlier_summary(
         uri,
         table,
         relation,
         top,
         median_psnr=psnr.percentile(50) if psnr is not None and psnr.count else None,
         worst_keys=[row["key"] for row in keeper.worst.rows],
+        neighbours=neighbours,
     )
+    return summary, thumbnails
 
 
 def _draw_figures(

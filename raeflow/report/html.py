@@ -2,7 +2,8 @@
 
 Every figure is embedded as a `data:image/png;base64` URI and the styling is inline, so the page
 references nothing outside itself (no scripts, fonts, stylesheets or remote images): it can be
-mailed, attached to a ticket or opened from a bucket download as is.
+mailed, attached to a ticket or opened from a bucket download as is. The top outliers' nearest
+images are small JPEG thumbnails, data URIs too (`raeflow.curate.thumbnails`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import json
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
+
+from raeflow.curate.thumbnails import THUMBNAIL_STYLE, Item, Thumbnail, figure_html
+from raeflow.report.outliers import NEIGHBOUR_THUMBNAIL_SIDE
 
 FIGURE_ORDER = (
     (
@@ -66,6 +70,17 @@ table.keys td.key, table.keys td.text, table.facts td { text-align: left; overfl
 table.keys td.key { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; font-size: 0.95em; }
 table.keys th.num { width: 3em; } table.keys th.metric { width: 6em; }
 """
+_SIDE = NEIGHBOUR_THUMBNAIL_SIDE
+_NEIGHBOURS_STYLE = (
+    THUMBNAIL_STYLE
+    + f"""
+.neighbours figure {{ width: {_SIDE + 4}px; }}
+.neighbours figure .box {{ width: {_SIDE}px; height: {_SIDE}px; }}
+.neighbours figure img {{ max-width: {_SIDE}px; max-height: {_SIDE}px; margin: 0; display: inline; }}
+.neighbours figure img.small {{ width: {_SIDE - 16}px; height: auto; }}
+"""
+)
+"""The top outliers' rows of small thumbnails (`figure_html`, as on dedup's pages, at a smaller size)."""
 
 
 def data_uri(png: bytes) -> str:
@@ -113,8 +128,9 @@ def _worst_table(worst: Sequence[Mapping[str, Any]]) -> str:
     return f'<table class="keys" id="worst-keys"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
 
-def _outliers_notes(outliers: Mapping[str, Any]) -> list[str]:
-    """How outlier score and reconstruction error relate, the coverage, and the top outliers' table."""
+def _outliers_notes(outliers: Mapping[str, Any], thumbnails: Mapping[Item, Thumbnail]) -> list[str]:
+    """How outlier score and reconstruction error relate, the coverage, the top outliers' table and
+    each top outlier beside its nearest images."""
     parts = [
         f'<p id="outlier-relation">{escape(str(outliers.get("relation", "")))}</p>',
         f'<p class="note">{escape(str(outliers.get("coverage", "")))} Scores: '
@@ -138,8 +154,34 @@ def _outliers_notes(outliers: Mapping[str, Any]) -> list[str]:
             f"<tbody>{rows}</tbody></table>"
         )
     if outliers.get("neighbours"):
-        parts.append(f'<p class="note">{escape(str(outliers["neighbours"]))}.</p>')
+        parts.append(f'<p class="note" id="neighbours-note">{escape(str(outliers["neighbours"]))}.</p>')
+    rows_shown = [row for row in outliers.get("top", []) if row.get("neighbors")]
+    if rows_shown:
+        parts.append('<div id="outlier-neighbours">')
+        parts.extend(_neighbours_row(row, thumbnails) for row in rows_shown)
+        parts.append("</div>")
     return parts
+
+
+def _neighbours_row(row: Mapping[str, Any], thumbnails: Mapping[Item, Thumbnail]) -> str:
+    """One top outlier (framed) and its nearest images, each a thumbnail with its key and similarity."""
+    key = str(row.get("key", ""))
+    own = figure_html(
+        thumbnails.get((key, row.get("source"))),
+        f"<b>#{_number(row.get('outlier_rank', ''))} {escape(key)}</b><br>"
+        f"mean distance {_number(row.get('outlier_distance', ''), 3)}",
+        css_class="keep",
+        alt=key,
+    )
+    nearest = "".join(
+        figure_html(
+            thumbnails.get((str(near["key"]), near.get("source"))),
+            f"{escape(str(near['key']))}<br>similarity {float(near['similarity']):.3f}",
+            alt=str(near["key"]),
+        )
+        for near in row["neighbors"]
+    )
+    return f'<div class="thumbs neighbours">{own}{nearest}</div>'
 
 
 def _rejected_section(rejected: Mapping[str, Any]) -> list[str]:
@@ -166,10 +208,16 @@ def _rejected_section(rejected: Mapping[str, Any]) -> list[str]:
     return parts
 
 
-def render_report(summary: Mapping[str, Any], figures: Mapping[str, bytes], notes: Mapping[str, str]) -> str:
+def render_report(
+    summary: Mapping[str, Any],
+    figures: Mapping[str, bytes],
+    notes: Mapping[str, str],
+    thumbnails: Mapping[Item, Thumbnail] | None = None,
+) -> str:
     """The HTML page for a report `summary` (as in summary.json) with its PNG `figures` embedded.
 
-    `notes` explain a missing figure (e.g. why there is no t-SNE map) under its heading.
+    `notes` explain a missing figure (e.g. why there is no t-SNE map) under its heading;
+    `thumbnails` (by key and source) picture the top outliers and their nearest images.
     """
     model = summary.get("model", {})
     counts = summary.get("counts", {})
@@ -194,7 +242,7 @@ def render_report(summary: Mapping[str, Any], figures: Mapping[str, bytes], note
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<title>{escape(title)}</title><style>{_STYLE}{_NEIGHBOURS_STYLE}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
         f'<p class="lead">Generated by raeflow {escape(str(summary.get("raeflow_version", "")))} '
         f"at {escape(str(summary.get('created', '')))}.</p>",
@@ -215,7 +263,7 @@ def render_report(summary: Mapping[str, Any], figures: Mapping[str, bytes], note
         if name == "worst" and summary.get("worst"):
             parts.append(_worst_table(summary["worst"]))
         if section:
-            parts.extend(_outliers_notes(section))
+            parts.extend(_outliers_notes(section, thumbnails or {}))
     if summary.get("rejected"):
         parts.extend(_rejected_section(summary["rejected"]))
     parts.append("<h2>Settings</h2>")

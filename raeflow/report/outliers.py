@@ -15,7 +15,10 @@
 3. joins, on the driver while `metrics.parquet` is assembled part by part, every row with its
    `outlier_distance` and `outlier_rank` (`OutlierTable`: the table's keys, hashes and two numbers
    per key; no images), and keeps a bounded key-hash sample of (distance, MSE) for the Spearman rank
-   correlation between outlier score and reconstruction error (`Relation`).
+   correlation between outlier score and reconstruction error (`Relation`);
+4. reads, for the top outliers shown, their nearest images from the table's `neighbors` and
+   `neighbor_similarity` columns and the sources of those images (`read_neighbours`: two passes that
+   keep the few rows asked for), so the page shows them as thumbnails read from their sources.
 
 Ranks are dedup's, over its whole table: a report over part of that table shows the gaps.
 """
@@ -31,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from raeflow.curate.thumbnails import Item, Thumbnail, read_thumbnails
 from raeflow.data.sources.base import Source
 from raeflow.data.sources.location import filesystem
 from raeflow.errors import ConfigError
@@ -50,6 +54,13 @@ SPEARMAN_SAMPLE = 200_000
 """Most joined images the rank correlation is computed over (a key-hash sample above that)."""
 PROBE_ROWS = 64
 """Keys read from the start of the first and of the last shard to check the tables overlap."""
+NEIGHBOURS_SHOWN = 5
+"""Nearest images shown beside each top outlier (dedup lists --outlier-k of them)."""
+NEIGHBOUR_COLUMNS = ("neighbors", "neighbor_similarity")
+"""outliers.parquet's list columns of each top image's nearest keys and their cosine similarities
+(a table from a dedup that did not list them lacks them)."""
+NEIGHBOUR_THUMBNAIL_SIDE = 96
+"""Longest side of the neighbours' thumbnails on the page, in pixels."""
 _READ_ROWS = 65_536
 
 
@@ -283,6 +294,79 @@ def verified_top(table: OutlierTable, rows: list[dict], size: int) -> list[dict]
     return sorted(checked, key=lambda row: (row[RANK], row["key"]))[:size]
 
 
+def read_neighbours(
+    uri: str, keys: list[str], size: int = NEIGHBOURS_SHOWN
+) -> dict[str, dict[str, Any]] | None:
+    """For each of `keys` whose row in outliers.parquet lists its nearest images: its `source` and
+    `neighbors`, up to `size` dicts (key, similarity, source), nearest first. None when the table has
+    no neighbours columns (an older dedup). Two streamed passes keep only the rows asked for."""
+    fs, path = _open(uri)
+    with fs.open(path, "rb") as handle:
+        names = pq.ParquetFile(handle).schema_arrow.names
+    if not all(name in names for name in NEIGHBOUR_COLUMNS):
+        return None
+    found: dict[str, dict[str, Any]] = {}
+    if not keys:
+        return found
+    with_source = "source" in names
+    wanted = pa.array(keys, pa.string())
+    for batch in _batches(uri, ["key", *NEIGHBOUR_COLUMNS] + (["source"] if with_source else [])):
+        for row in batch.filter(pc.is_in(batch.column("key"), value_set=wanted)).to_pylist():
+            if row["neighbors"] is not None:  # null: below dedup's --outlier-neighbors first ranks
+                near = zip(row["neighbors"], row["neighbor_similarity"], strict=True)
+                found[row["key"]] = {
+                    "source": row.get("source"),
+                    "neighbors": [
+                        {"key": key, "similarity": float(sim), "source": None}
+                        for key, sim in list(near)[:size]
+                    ],
+                }
+    listed = sorted({near["key"] for entry in found.values() for near in entry["neighbors"]})
+    if with_source and listed:
+        sources: dict[str, str | None] = {}
+        wanted = pa.array(listed, pa.string())
+        for batch in _batches(uri, ["key", "source"]):
+            hit = batch.filter(pc.is_in(batch.column("key"), value_set=wanted))
+            sources.update(zip(hit.column("key").to_pylist(), hit.column("source").to_pylist(), strict=True))
+        for entry in found.values():
+            for near in entry["neighbors"]:
+                near["source"] = sources.get(near["key"])
+    return found
+
+
+def neighbour_thumbnails(neighbours: dict[str, dict[str, Any]] | None) -> dict[Item, Thumbnail]:
+    """Thumbnails of the top outliers `read_neighbours` found and of their nearest images, by (key,
+    source), read from those sources (a placeholder with the reason where one cannot be read)."""
+    wanted: list[Item] = []
+    for key, listed in (neighbours or {}).items():
+        wanted += [(key, listed["source"])] + [(near["key"], near["source"]) for near in listed["neighbors"]]
+    return read_thumbnails(wanted, side=NEIGHBOUR_THUMBNAIL_SIDE) if wanted else {}
+
+
+def neighbours_note(neighbours: dict[str, dict[str, Any]] | None, top: list[dict]) -> str:
+    """What the page shows of the top outliers' neighbours, or why it shows none."""
+    if neighbours is None:
+        return (
+            f"{OUTLIERS_FILE} does not list each image's nearest keys (it was written by an older "
+            "`raeflow dedup`), so the outliers' neighbours are not shown; run `raeflow dedup` again to "
+            "list them"
+        )
+    if not top:
+        return ""
+    text = (
+        f"Below the table, each top outlier (framed) beside its nearest images in the embedding table, up to "
+        f"{NEIGHBOURS_SHOWN}, most similar first, with their cosine similarity (from {OUTLIERS_FILE}; "
+        "thumbnails read from the images' sources)"
+    )
+    missing = sum(row["key"] not in neighbours for row in top)
+    if missing:
+        text += (
+            f"; {missing} of the {len(top)} have none listed: dedup lists them for its --outlier-neighbors "
+            "most outlying images only"
+        )
+    return text
+
+
 def relation_text(rho: float | None, num: int, sampled: bool) -> str:
     """One sentence on how outlier distance and reconstruction error (MSE) relate, with the number."""
     over = f"a key-hash sample of {num:,} joined images" if sampled else f"the {num:,} images in both tables"
@@ -309,8 +393,10 @@ def outlier_summary(
     *,
     median_psnr: float | None,
     worst_keys: list[str],
+    neighbours: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """summary.json's `outliers`: coverage, the rank correlation, the top outliers and what it means."""
+    """summary.json's `outliers`: coverage, the rank correlation, the top outliers (with their nearest
+    images where `neighbours`, `read_neighbours`' result, lists them) and what it means."""
     rho, num = relation.spearman()
     text = [relation_text(rho, num, relation.joined > num)]
     if top:
@@ -340,10 +426,11 @@ def outlier_summary(
         "spearman_images": num,
         "relation": " ".join(text),
         "top": [
-            {name: row.get(name) for name in ("key", RANK, DISTANCE, "psnr", "ssim", "mse")} for row in top
+            {
+                **{name: row.get(name) for name in ("key", RANK, DISTANCE, "psnr", "ssim", "mse")},
+                **(neighbours or {}).get(row["key"], {"source": None, "neighbors": None}),
+            }
+            for row in top
         ],
-        "neighbours": (
-            f"{OUTLIERS_FILE} does not list each image's nearest keys, so the outliers' neighbours "
-            "are not shown"
-        ),
+        "neighbours": neighbours_note(neighbours, top),
     }
