@@ -104,15 +104,6 @@ def dedup(**options: Any) -> None:
       raeflow dedup --data emb/ --out dedup/ --threshold 0.95
     """
     settings = _check_paths(settings_from(DedupSettings, options))
-    from raeflow.curate.config import runs_on_ray
-    from raeflow.curate.table import open_table
-
-    table = open_table(settings.data)
-    if runs_on_ray(settings.backend, settings.address, table.num_rows, settings.exact_below):
-        from raeflow.curate.remote import run_dedup_on_ray
-
-        print_summary(run_dedup_on_ray(settings, table).lines())
-        return
     from raeflow.curate.dedup import run_dedup
 
     print_summary(run_dedup(settings).lines())

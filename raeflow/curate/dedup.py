@@ -20,6 +20,8 @@ Memory holds the vectors, the keys and a few numbers per image; never an n x n m
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +30,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raeflow.curate.config import DedupSettings, parse_memory
+from raeflow.curate.config import DedupSettings, parse_memory, runs_on_ray
 from raeflow.curate.gallery import write_gallery
 from raeflow.curate.index import Added, new_index, usable_batches
 from raeflow.curate.layout import Layout, flat_only
 from raeflow.curate.store import Folder, rejected_line, write_rejected
-from raeflow.curate.table import EmbeddingTable, open_table
+from raeflow.curate.table import EmbeddingTable, VectorBatch, open_table
 from raeflow.errors import SourceError
 from raeflow.progress import Progress
 
@@ -83,23 +85,61 @@ class UnionFind:
             parent = jumped
 
 
-def load(table: EmbeddingTable, settings: DedupSettings) -> Loaded:
-    """Every usable, normalised vector of `table` in an index that keeps them whole."""
-    memory = parse_memory(settings.max_memory)
-    layout = flat_only(table.num_rows, table.dim, memory, settings.exact_below)
-    index = new_index(layout, table.dim, "cosine")
-    added, pieces = Added(), []
-    with Progress("load", total=table.num_rows, unit="vectors") as progress:
-        for batch in usable_batches(table, settings.batch_size, "cosine", set(), added):
-            index.add(batch.vectors)
+class Loader:
+    """The table's usable, normalised vectors added to an index that keeps them whole, a few batches
+    per `step`, so that whoever drives it (this process, or the driver of a Ray actor) shows progress."""
+
+    def __init__(self, table: EmbeddingTable, settings: DedupSettings) -> None:
+        memory = parse_memory(settings.max_memory)
+        self.table = table
+        self.layout = flat_only(table.num_rows, table.dim, memory, settings.exact_below)
+        self.index = new_index(self.layout, table.dim, "cosine")
+        self.added = Added()
+        self.pieces: list[pa.Table] = []
+        self.batches: Iterator[VectorBatch] | None = usable_batches(
+            table, settings.batch_size, "cosine", set(), self.added
+        )
+
+    @property
+    def rows_read(self) -> int:
+        return int(self.index.ntotal) + len(self.added.rejected)
+
+    def step(self, seconds: float) -> bool:
+        """Add batches for about `seconds` (one at least); whether the whole table is in."""
+        until = time.monotonic() + seconds
+        while self.batches is not None:
+            batch = next(self.batches, None)
+            if batch is None:
+                self.batches = None
+                break
+            self.index.add(batch.vectors)
             columns: dict[str, Any] = {"key": pa.array(batch.keys, pa.string())}
             if batch.sources is not None:
                 columns["source"] = pa.array(batch.sources, pa.string())
-            pieces.append(pa.table(columns))
-            progress.advance(index.ntotal + len(added.rejected) - progress.done)
-    if index.ntotal == 0:
-        raise SourceError(f"--data {table.uri} holds no usable vector ({len(added.rejected):,} rejected)")
-    return Loaded(index, layout, pa.concat_tables(pieces).combine_chunks(), added.rejected)
+            self.pieces.append(pa.table(columns))
+            if time.monotonic() >= until:
+                break
+        return self.batches is None
+
+    def loaded(self) -> Loaded:
+        """The whole table, loaded (`SourceError` when no row of it was usable)."""
+        if self.index.ntotal == 0:
+            raise SourceError(
+                f"--data {self.table.uri} holds no usable vector ({len(self.added.rejected):,} rejected)"
+            )
+        rows, self.pieces = pa.concat_tables(self.pieces).combine_chunks(), []
+        return Loaded(self.index, self.layout, rows, self.added.rejected)
+
+
+def load(table: EmbeddingTable, settings: DedupSettings) -> Loaded:
+    """Every usable, normalised vector of `table` in an index that keeps them whole."""
+    loader = Loader(table, settings)
+    with Progress("load", total=table.num_rows, unit="vectors") as progress:
+        done = False
+        while not done:
+            done = loader.step(0.5)
+            progress.advance(loader.rows_read - progress.done)
+    return loader.loaded()
 
 
 def neighbours(loaded: Loaded, first: int, count: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -137,25 +177,45 @@ def _nearest_others(
 def search(loaded: Loaded, settings: DedupSettings) -> tuple[np.ndarray, np.ndarray]:
     """Each image's group (`UnionFind.roots`) and outlier score (mean cosine distance to its nearest)."""
     num = int(loaded.index.ntotal)
-    k = max(1, min(num - 1, max(settings.neighbors, settings.outlier_k)))
     sets, scores = UnionFind(num), np.zeros(num, dtype=np.float32)
-    step = max(1, min(settings.batch_size, 1024))  # (step, k, D) floats are held while re-ranking
+    step = search_step(settings)
     with Progress("dedup", total=num, unit="images") as progress:
         for first in range(0, num, step):
             count = min(step, num - first)
-            sims, ids = neighbours(loaded, first, count, k) if num > 1 else _alone(count)
-            close = sims[:, : settings.neighbors] >= settings.threshold
-            for row, col in zip(*np.nonzero(close), strict=True):
-                sets.union(first + int(row), int(ids[row, col]))
-            near = sims[:, : settings.outlier_k]
-            finite = np.isfinite(near)
-            scores[first : first + count] = np.where(
-                finite.any(axis=1),
-                (np.where(finite, 1.0 - near, 0.0).sum(1) / np.maximum(finite.sum(1), 1)),
-                1.0,
-            )
+            pairs, scores[first : first + count] = search_range(loaded, settings, first, count)
+            for a, b in pairs.tolist():
+                sets.union(a, b)
             progress.advance(count)
     return sets.roots(), scores
+
+
+def search_step(settings: DedupSettings) -> int:
+    """Images searched at a time: (step, k, D) floats are held while re-ranking."""
+    return max(1, min(settings.batch_size, 1024))
+
+
+def search_range(
+    loaded: Loaded, settings: DedupSettings, first: int, count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The search of ids first..first+count-1, `search_step` at a time: the pairs (a, b), `(p, 2)`, at
+    or above --threshold among each image's --neighbors nearest, and each image's outlier score."""
+    num = int(loaded.index.ntotal)
+    k = max(1, min(num - 1, max(settings.neighbors, settings.outlier_k)))
+    step = search_step(settings)
+    pairs, scores = [np.zeros((0, 2), np.int64)], np.zeros(count, dtype=np.float32)
+    for start in range(first, first + count, step):
+        size = min(step, first + count - start)
+        sims, ids = neighbours(loaded, start, size, k) if num > 1 else _alone(size)
+        rows, cols = np.nonzero(sims[:, : settings.neighbors] >= settings.threshold)
+        pairs.append(np.stack([start + rows, ids[rows, cols]], axis=1).astype(np.int64))
+        near = sims[:, : settings.outlier_k]
+        finite = np.isfinite(near)
+        scores[start - first : start - first + size] = np.where(
+            finite.any(axis=1),
+            (np.where(finite, 1.0 - near, 0.0).sum(1) / np.maximum(finite.sum(1), 1)),
+            1.0,
+        )
+    return np.concatenate(pairs), scores
 
 
 def _alone(count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -293,6 +353,42 @@ def keep_table(loaded: Loaded, groups: pa.Table) -> pa.Table:
 
 
 @dataclass
+class Lists:
+    """What `write_lists` wrote, for duplicates.html and the summary."""
+
+    groups: pa.Table
+    num_images: int
+    num_groups: int
+    num_removed: int
+    top_outlier: tuple[str, float] | None
+    rejected_line: str | None
+
+
+def write_lists(
+    loaded: Loaded, roots: np.ndarray, scores: np.ndarray, settings: DedupSettings, folder: Folder
+) -> Lists:
+    """groups.parquet, keep.parquet, outliers.parquet and the rejected rows, written to `folder`."""
+    groups = group_table(loaded, roots, settings.batch_size)
+    keep = keep_table(loaded, groups)
+    outliers = outlier_table(loaded, scores, settings)
+    folder.write_table(GROUPS_FILE, groups)
+    folder.write_table(KEEP_FILE, keep)
+    folder.write_table(OUTLIERS_FILE, outliers)
+    write_rejected(folder, loaded.rejected)
+    num_groups = int(pc.sum(groups.column("keep")).as_py() or 0)
+    top = outliers.slice(0, 1).select(["key", "mean_distance"]).to_pylist()
+    num = int(loaded.index.ntotal)
+    return Lists(
+        groups=groups,
+        num_images=num,
+        num_groups=num_groups,
+        num_removed=len(groups) - num_groups,
+        top_outlier=(top[0]["key"], top[0]["mean_distance"]) if top and num > 1 else None,
+        rejected_line=rejected_line(loaded.rejected, folder),
+    )
+
+
+@dataclass
 class DedupResult:
     """What `raeflow dedup` found and wrote, for the summary."""
 
@@ -304,6 +400,21 @@ class DedupResult:
     num_removed: int
     top_outlier: tuple[str, float] | None
     rejected_line: str | None
+    ray_actors: int = 0  # the search actors on Ray (the builder among them); 0: in this process
+
+    @classmethod
+    def of(cls, lists: Lists, settings: DedupSettings, layout: Layout, ray_actors: int = 0) -> DedupResult:
+        return cls(
+            out=settings.out,
+            settings=settings,
+            layout=layout,
+            num_images=lists.num_images,
+            num_groups=lists.num_groups,
+            num_removed=lists.num_removed,
+            top_outlier=lists.top_outlier,
+            rejected_line=lists.rejected_line,
+            ray_actors=ray_actors,
+        )
 
     def lines(self) -> list[str]:
         """The one-screen summary."""
@@ -317,7 +428,8 @@ class DedupResult:
             f"dedup {self.out}: {self.num_images:,} images, {self.num_groups:,} groups of near-duplicates "
             f"(cosine >= {self.settings.threshold:g}), {self.num_removed:,} images removed, "
             f"{self.num_images - self.num_removed:,} kept",
-            f"search: {search}, {self.settings.neighbors} neighbours per image",
+            f"search: {search}, {self.settings.neighbors} neighbours per image"
+            + (f", on Ray ({self.ray_actors} actors)" if self.ray_actors else ""),
         ]
         if self.top_outlier:
             key, distance = self.top_outlier
@@ -332,29 +444,17 @@ class DedupResult:
 
 
 def run_dedup(settings: DedupSettings) -> DedupResult:
-    """Group the near-duplicates of `settings.data`, rank its outliers, write the lists to `settings.out`."""
+    """Group the near-duplicates of `settings.data`, rank its outliers, write the lists to `settings.out`;
+    in this process, or on Ray (`--backend`, `remote.run_dedup_on_ray`)."""
     settings.validate()
     table = open_table(settings.data)
+    if runs_on_ray(settings.backend, settings.address, table.num_rows, settings.exact_below):
+        from raeflow.curate.remote import run_dedup_on_ray
+
+        return run_dedup_on_ray(settings, table)
     folder = Folder(settings.out)
     loaded = load(table, settings)
     roots, scores = search(loaded, settings)
-    groups = group_table(loaded, roots, settings.batch_size)
-    keep = keep_table(loaded, groups)
-    outliers = outlier_table(loaded, scores, settings)
-    folder.write_table(GROUPS_FILE, groups)
-    folder.write_table(KEEP_FILE, keep)
-    folder.write_table(OUTLIERS_FILE, outliers)
-    write_rejected(folder, loaded.rejected)
-    folder.put(GALLERY_FILE, write_gallery(groups, settings, table.uri).encode())
-    num_groups = int(pc.sum(groups.column("keep")).as_py() or 0)
-    top = outliers.slice(0, 1).to_pylist()
-    return DedupResult(
-        out=settings.out,
-        settings=settings,
-        layout=loaded.layout,
-        num_images=int(loaded.index.ntotal),
-        num_groups=num_groups,
-        num_removed=len(groups) - num_groups,
-        top_outlier=(top[0]["key"], top[0]["mean_distance"]) if top and loaded.index.ntotal > 1 else None,
-        rejected_line=rejected_line(loaded.rejected, folder),
-    )
+    lists = write_lists(loaded, roots, scores, settings, folder)
+    folder.put(GALLERY_FILE, write_gallery(lists.groups, settings, table.uri).encode())
+    return DedupResult.of(lists, settings, loaded.layout)

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raeflow import __version__
-from raeflow.curate.config import IndexSettings, parse_memory
+from raeflow.curate.config import IndexSettings, parse_memory, runs_on_ray
 from raeflow.curate.layout import HNSW_EF_SEARCH, Layout, choose_layout
 from raeflow.curate.recall import exact_top_k, recall_at_k
 from raeflow.curate.store import Folder, rejected_line, write_rejected
@@ -117,7 +117,7 @@ def add_table(
         for batch in usable_batches(table, settings.batch_size, metric, present, added):
             start = index.ntotal
             index.add(batch.vectors)
-            keys.write_table(_keys_table(batch, keys.schema))
+            keys.write_table(keys_table(batch, keys.schema))
             picked = np.flatnonzero(rng.random(len(batch.keys)) < share)
             added.sample_ids += (start + picked).tolist()
             added.sample_vectors.append(batch.vectors[picked])
@@ -127,7 +127,7 @@ def add_table(
     return added
 
 
-def _keys_table(batch: VectorBatch, schema: pa.Schema) -> pa.Table:
+def keys_table(batch: VectorBatch, schema: pa.Schema) -> pa.Table:
     columns: dict[str, Any] = {"key": batch.keys}
     if "source" in schema.names:
         columns["source"] = batch.sources if batch.sources is not None else [None] * len(batch.keys)
@@ -172,49 +172,91 @@ class IndexResult:
 
 
 def run_index(settings: IndexSettings) -> IndexResult:
-    """Build the index of `settings.data` in `settings.out`, or add to it with `settings.append`."""
+    """Build the index of `settings.data` in `settings.out`, or add to it with `settings.append`;
+    in this process, or on Ray (`--backend`, `remote.run_index_on_ray`)."""
     settings.validate()
     folder = Folder(settings.out)
-    if settings.append:
-        return _append(settings, folder)
-    if folder.exists(META_FILE):
-        raise ConfigError(
-            f"--out {settings.out} already holds an index; add --append to add this table to it, "
-            "or give another folder"
-        )
+    meta = _index_on_record(settings, folder)
     table = open_table(settings.data)
-    settings.metric = settings.metric or "cosine"
+    if runs_on_ray(settings.backend, settings.address, table.num_rows, settings.exact_below):
+        from raeflow.curate.remote import run_index_on_ray
+
+        return run_index_on_ray(settings, table, meta)
+    if meta is not None:
+        return append_index(settings, table, meta)
+    return build_index(settings, table)
+
+
+def _index_on_record(settings: IndexSettings, folder: Folder) -> dict[str, Any] | None:
+    """index.json of the index to --append to (its metric set in `settings`), None for a new index;
+    refuses an --append without an index, and a new index over one."""
+    if not settings.append:
+        if folder.exists(META_FILE):
+            raise ConfigError(
+                f"--out {settings.out} already holds an index; add --append to add this table to it, "
+                "or give another folder"
+            )
+        settings.metric = settings.metric or "cosine"
+        return None
+    if not folder.exists(META_FILE):
+        raise ConfigError(
+            f"--out {settings.out} holds no index (no {META_FILE}); leave out --append to build one"
+        )
+    meta: dict[str, Any] = folder.get_json(META_FILE)
+    if settings.metric not in (None, meta["metric"]):
+        raise ConfigError(
+            f"--metric {settings.metric}: the index in {settings.out} compares by {meta['metric']}"
+        )
+    settings.metric = meta["metric"]
+    return meta
+
+
+def build_index(settings: IndexSettings, table: EmbeddingTable, *, backend: str = "local") -> IndexResult:
+    """A new index of `table` in `settings.out`: built, its recall measured, its files written."""
+    folder = Folder(settings.out)
     started = time.monotonic()
     layout = choose_layout(table.num_rows, table.dim, parse_memory(settings.max_memory), settings.exact_below)
-    index = new_index(layout, table.dim, settings.metric)
+    index = new_index(layout, table.dim, settings.metric or "cosine")
     if layout.train_size:
-        index.train(train_sample(table, layout.train_size, settings.batch_size, settings.metric))
+        index.train(train_sample(table, layout.train_size, settings.batch_size, settings.metric or "cosine"))
     with folder.parquet_writer(NEXT_KEYS, keys_schema(table.has_source)) as keys:
         added = add_table(index, table, settings, set(), keys)
     if added.num_added == 0:
         raise SourceError(f"--data {settings.data} holds no usable vector ({len(added.rejected):,} rejected)")
     recall = measure_recall(index, layout, settings, added, table)
-    meta = {
+    meta = new_meta(settings, table, layout, int(index.ntotal), started, backend) | recall
+    return save_index(folder, index, meta, added, settings)
+
+
+def new_meta(
+    settings: IndexSettings,
+    table: EmbeddingTable,
+    layout: Layout,
+    num_vectors: int,
+    started: float,
+    backend: str,
+) -> dict[str, Any]:
+    """index.json of a new index (without its recall)."""
+    return {
         "format": "raeflow.index/1",
         "metric": settings.metric,
         "dim": table.dim,
         "factory": layout.factory,
         "kind": layout.kind,
         "nprobe": layout.nprobe,
-        "num_vectors": int(index.ntotal),
+        "num_vectors": num_vectors,
         "model": table.fingerprint,
         "data": [table.uri],
         "appends": 0,
         "max_memory": settings.max_memory,
         "estimated_bytes": layout.num_bytes,
         "build_seconds": round(time.monotonic() - started, 2),
+        "backend": backend,
         "raeflow_version": __version__,
-        **recall,
     }
-    return _save(folder, index, meta, added, settings)
 
 
-def _save(
+def save_index(
     folder: Folder, index: faiss.Index, meta: dict[str, Any], added: Added, settings: IndexSettings
 ) -> IndexResult:
     folder.put(INDEX_FILE, faiss.serialize_index(index).tobytes())
@@ -245,9 +287,7 @@ def measure_recall(
     k = min(RECALL_K, int(index.ntotal))
     found = index.search(queries, k)[1]
     chunks = (
-        _stored_chunks(index, settings.batch_size)
-        if layout.stores_vectors
-        else _table_chunks(table, settings)
+        _stored_chunks(index, settings.batch_size) if layout.stores_vectors else table_chunks(table, settings)
     )
     exact = exact_top_k(queries, chunks, k, settings.metric or "cosine")
     return {
@@ -262,7 +302,7 @@ def _stored_chunks(index: faiss.Index, batch_size: int) -> Iterator[tuple[int, n
         yield first, index.reconstruct_n(first, min(batch_size, index.ntotal - first))
 
 
-def _table_chunks(table: EmbeddingTable | None, settings: IndexSettings) -> Iterator[tuple[int, np.ndarray]]:
+def table_chunks(table: EmbeddingTable | None, settings: IndexSettings) -> Iterator[tuple[int, np.ndarray]]:
     assert table is not None
     first = 0
     for batch in usable_batches(table, settings.batch_size, settings.metric or "cosine", set(), Added()):
@@ -270,19 +310,12 @@ def _table_chunks(table: EmbeddingTable | None, settings: IndexSettings) -> Iter
         first += len(batch.vectors)
 
 
-def _append(settings: IndexSettings, folder: Folder) -> IndexResult:
-    """Add the table's new keys to the index in `folder`, without retraining or rebuilding it."""
-    if not folder.exists(META_FILE):
-        raise ConfigError(
-            f"--out {settings.out} holds no index (no {META_FILE}); leave out --append to build one"
-        )
-    meta = folder.get_json(META_FILE)
-    if settings.metric not in (None, meta["metric"]):
-        raise ConfigError(
-            f"--metric {settings.metric}: the index in {settings.out} compares by {meta['metric']}"
-        )
-    settings.metric = meta["metric"]
-    table = open_table(settings.data)
+def append_index(
+    settings: IndexSettings, table: EmbeddingTable, meta: dict[str, Any], *, backend: str = "local"
+) -> IndexResult:
+    """Add the table's new keys to the index in --out (`meta`: its index.json), without retraining
+    or rebuilding it."""
+    folder = Folder(settings.out)
     _check_same_vectors(table, meta, settings.out)
     started = time.monotonic()
     index = faiss.deserialize_index(np.frombuffer(folder.get(INDEX_FILE), dtype=np.uint8))
@@ -308,8 +341,9 @@ def _append(settings: IndexSettings, folder: Folder) -> IndexResult:
         appends=meta.get("appends", 0) + 1,
         append_seconds=round(time.monotonic() - started, 2),
         model=meta.get("model") or table.fingerprint,
+        backend=backend,
     )
-    return _save(folder, index, meta, added, settings)
+    return save_index(folder, index, meta, added, settings)
 
 
 def _check_same_vectors(table: EmbeddingTable, meta: dict[str, Any], out: str) -> None:
