@@ -1,6 +1,6 @@
 """Make the pretrained bundles shipped in `raeflow/bundles/` with `raeflow train` (Ray Train, local Ray).
 
-    python bench/make_bundles.py                 # prepare data, train all three, measure, install
+    python bench/make_bundles.py                 # prepare data, train all four, measure, install
     python bench/make_bundles.py --only denoise-grey --stage train
     python bench/make_bundles.py --stage install # measure finished runs and copy them into the package
     make bundles                                 # the same as the first line
@@ -9,13 +9,17 @@ Stages:
 - `prepare`: the colour training folder (`bench-out/bundles/rgb-train/`): CBSD432's colour photos,
   Train400 (grey, read as RGB) and 96x96 tiles of the scikit-image colour photos of
   `RGB_TRAIN_PHOTOS`. The photos of `RGB_TEST_PHOTOS` are never used for training: they are the
-  colour model's held-out test. Kept once complete, so a resumed run sees the same keys.
+  colour model's held-out test. Kept once complete, so a resumed run sees the same keys. And the
+  photo encoder's folder (`bench-out/bundles/photo-train/`): 12 seeded 64x64 views (the whole photo
+  resized, random crops, some mirrored or grey) of each photo of CBSD432, Train400 and
+  `PHOTO_SKIMAGE` (scikit-image's photographs but astronaut and coffee).
 - `train`: `raeflow train ...` per bundle exactly as `COMMANDS` lists, into
   `bench-out/bundles/<out>/`, its output appended to `bench-out/bundles/<out>.log`. Where torch sees
   a GPU, each command runs with `--gpu` added (and the record says so); on CPU otherwise.
 - `install`: measures each finished model (grey: BSD68 and Set12 at sigma 15/25/50 by the benchmark
   README's protocol; colour: CBSD68 at sigma 15/25/50, unclipped, and crops of the held-out photos;
-  MNIST: the held-out validation digits), records the numbers, the training commands, the machine
+  MNIST: the held-out validation digits; photo encoder: reconstruction of CBSD68 resized to 64x64),
+  records the numbers, the training commands, the machine
   and the held-out sample the test uses in `bundle.json` (beside the weights' checksum, which it
   leaves alone), and copies the bundle to `raeflow/bundles/<name>/`. The colour model is first
   compared with the shipped one on its run's validation photos and installed only if better.
@@ -34,9 +38,10 @@ rerun and
 (elapsed: since this process started the stage; ETA: the epochs left times the mean epoch time of
 this process's epochs; load: the machine's 1-minute load average at the epoch's end).
 
-Training data is only Train400 and scikit-image's photographs (and MNIST for `mnist-conv`); BSD68
-and Set12 are test sets only. Run from the repository root; the benchmark data is found at
-`../shared/benchmarks/denoise` (or `$RAEFLOW_DENOISE_BENCH`).
+Training data is only Train400, CBSD432 and scikit-image's photographs (and MNIST for `mnist-conv`);
+BSD68, CBSD68 and Set12 are test sets only. The photo encoder is 20 epochs of 9,100 images at about
+176 images/s in float32 on 2 CPU cores without native bf16: 19 minutes. Run from the repository
+root; the benchmark data is found at `../shared/benchmarks/denoise` (or `$RAEFLOW_DENOISE_BENCH`).
 """
 
 from __future__ import annotations
@@ -65,6 +70,18 @@ RGB_TEST_PHOTOS = ("astronaut", "coffee")
 """scikit-image colour photos the colour model never sees: its held-out test (and the test suite's)."""
 TILE = 96
 """Side of the colour training tiles (so each photo gives many keys, hence many patches per epoch)."""
+PHOTO_SKIMAGE = (
+    "brick", "camera", "cell", "chelsea", "clock", "coins", "grass", "gravel", "hubble_deep_field",
+    "immunohistochemistry", "moon", "page", "retina", "rocket", "text",
+)  # fmt: skip
+"""scikit-image photos the photo encoder trains on: all of its photographs but `RGB_TEST_PHOTOS`
+(bench/dedup_quality.py's held-out originals) and the synthetic ones (checkerboard, colour wheel,
+logo)."""
+PHOTO_SIDE = 64
+"""Side of builtin:photo-ae's input: the training folder holds 64x64 views, so an epoch decodes little."""
+PHOTO_VIEWS = 12
+"""Views of each training photo: the whole photo resized (as `raeflow embed` resizes it) and random
+crops of 40-95 % of each side, some mirrored, some grey: many keys a photo, no pixel of a test set."""
 
 GREY_NOISE = "gaussian:0-0.2:unclipped"
 """sigma 0-51 on the 0-255 scale, unclipped like the benchmark protocol."""
@@ -99,6 +116,15 @@ COMMANDS: dict[str, list[list[str]]] = {
             "--init-from", str(OUT / "denoise-grey" / "model"),
             "--patch-size", "64", "--patches-per-image", "8", "--denoise", RGB_NOISE,
             "--epochs", "30", "--batch-size", "32", "--lr", "2e-4", "--precision", "auto",
+        ),
+    ],
+    "photo-ae": [
+        # The strided CIFAR-10 design at 64x64, depth 4: a 16x4x4 = 256-d code for `raeflow embed`.
+        # 847 photos x 12 views = 10,164 images (9,1xx after the validation split), 20 epochs.
+        _train(
+            "photo-ae", str(OUT / "photo-train"),
+            "--model", "strided", "--preset", "strided_photo64",
+            "--epochs", "20", "--batch-size", "64", "--lr", "2e-3", "--precision", "auto",
         ),
     ],
     "mnist-conv": [
@@ -142,6 +168,52 @@ def prepare_rgb_data() -> Path:
                 if tile.mean() < 8:  # black background only
                     continue
                 Image.fromarray(tile).save(folder / "photos" / f"{name}-{top:04d}-{left:04d}.png")
+    done.write_text("")  # '_' entries are not read as images
+    return folder
+
+
+def prepare_photo_data() -> Path:
+    """Write the photo encoder's training folder: `PHOTO_VIEWS` 64x64 views of each photo of CBSD432,
+    Train400 and `PHOTO_SKIMAGE` (seeded, so a remade folder is the same). Kept once complete."""
+    from PIL import Image, ImageOps
+    from skimage import data as skdata
+
+    folder = OUT / "photo-train"
+    done = folder / "_complete"
+    if done.exists():
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    photos: list[tuple[str, Image.Image]] = []
+    for name, pattern in (("CBSD432", "*.jpg"), ("Train400", "*.png")):
+        for path in sorted((BENCH / name).glob(pattern)):
+            photos.append((f"{name.lower()}/{path.stem}", Image.open(path).convert("RGB")))
+    for name in PHOTO_SKIMAGE:
+        pixels = getattr(skdata, name)()
+        photos.append(
+            (
+                f"skimage/{name}",
+                Image.fromarray(pixels[..., :3] if pixels.ndim == 3 else pixels).convert("RGB"),
+            )
+        )
+    rng = np.random.default_rng(2026)
+    for key, photo in photos:
+        (folder / key).parent.mkdir(parents=True, exist_ok=True)
+        width, height = photo.size
+        for view in range(PHOTO_VIEWS):
+            if view == 0:
+                image = photo
+            else:
+                w = max(PHOTO_SIDE, round(width * rng.uniform(0.4, 0.95)))
+                h = max(PHOTO_SIDE, round(height * rng.uniform(0.4, 0.95)))
+                left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+                image = photo.crop((left, top, left + w, top + h))
+                if rng.random() < 0.5:
+                    image = ImageOps.mirror(image)
+                if rng.random() < 0.15:
+                    image = ImageOps.grayscale(image).convert("RGB")
+            image = image.resize((PHOTO_SIDE, PHOTO_SIDE), Image.Resampling.BICUBIC)
+            image.save(folder / f"{key}-{view:02d}.png")
     done.write_text("")  # '_' entries are not read as images
     return folder
 
@@ -384,6 +456,9 @@ def _benchmark(name: str, model_dir: Path) -> tuple[dict, str]:
         table = {k.removeprefix("rgb/").removesuffix("/ours"): _brief(v) for k, v in results.items()}
         c25 = results["rgb/CBSD68/25/ours"]["psnr"]
         summary = f"CBSD68 sigma 25: {c25:.2f} dB PSNR (CBM3D published 30.71)"
+    elif name == "photo-ae":
+        table = {"CBSD68 64x64": photo_reconstruction(model_dir)}
+        summary = f"CBSD68 at 64x64: {table['CBSD68 64x64']['psnr']:.2f} dB reconstruction PSNR"
     else:
         meta = json.loads((model_dir / "bundle.json").read_text())
         table = {
@@ -397,6 +472,43 @@ def _benchmark(name: str, model_dir: Path) -> tuple[dict, str]:
         (OUT / f"{name}-benchmark.json").write_text(json.dumps(results, indent=1))
         dq.save(results)
     return table, summary
+
+
+def photo_reconstruction(model_dir: Path) -> dict:
+    """Mean reconstruction PSNR and SSIM of the photo encoder on CBSD68's 68 test photos (never
+    trained on), each resized to 64x64 as `raeflow embed` resizes it; the input's own numbers beside
+    them would be infinite, so the seconds per image are given instead."""
+    import torch
+    from PIL import Image
+    from skimage.metrics import structural_similarity
+
+    from raeflow.bundles import psnr
+    from raeflow.data.images import fit_to_contract
+    from raeflow.models import load_bundle
+
+    model = load_bundle(str(model_dir)).model.eval()
+    paths = sorted((BENCH / "CBSD68").glob("*.png"))
+    clean = (
+        np.stack(
+            [fit_to_contract(np.asarray(Image.open(path).convert("RGB")), 64, 64) for path in paths]
+        ).astype(np.float32)
+        / 255.0
+    )  # (N, 64, 64, 3)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = model(torch.from_numpy(clean.transpose(0, 3, 1, 2).copy()))["recon"].float().numpy()
+    seconds = (time.perf_counter() - start) / len(paths)
+    out = out.transpose(0, 2, 3, 1)
+    ssims = [
+        structural_similarity(c, o, channel_axis=2, data_range=1.0) for c, o in zip(clean, out, strict=True)
+    ]
+    return {
+        "psnr": round(float(np.mean([psnr(c, o) for c, o in zip(clean, out, strict=True)])), 4),
+        "ssim": round(float(np.mean(ssims)), 4),
+        "noisy_psnr": None,
+        "seconds_per_image": round(seconds, 5),
+        "images": len(paths),
+    }
 
 
 VALIDATION_SIGMAS = (15, 25, 50)
@@ -460,7 +572,7 @@ def install(name: str) -> None:
     """Measure a finished run, record it in its bundle.json and copy the bundle into the package."""
     import torch
 
-    from raeflow.bundles import HELDOUT_CROPS, HELDOUT_SEED, HELDOUT_SIGMA, heldout_psnr
+    from raeflow.bundles import HELDOUT_CROPS, HELDOUT_PHOTOS, HELDOUT_SEED, HELDOUT_SIGMA, heldout_psnr
     from raeflow.models import load_bundle
 
     torch.set_num_threads(2)
@@ -477,6 +589,8 @@ def install(name: str) -> None:
         "psnr": round(heldout_psnr(name, bundle.model), 4),
         "sample": "first 64 builtin:mnist validation digits, clean"
         if name == "mnist-conv"
+        else f"scikit-image photos {', '.join(HELDOUT_PHOTOS)} resized to 64x64, clean"
+        if name == "photo-ae"
         else f"96x96 crops {HELDOUT_CROPS[name]} of scikit-image photos, sigma {HELDOUT_SIGMA:g} "
         f"unclipped, seed {HELDOUT_SEED}",
     }
@@ -510,6 +624,8 @@ def main() -> None:
     names = args.only or list(COMMANDS)
     if args.stage in ("prepare", "all") and "denoise-rgb" in names:
         print(f"colour training data: {prepare_rgb_data()}")
+    if args.stage in ("prepare", "all") and "photo-ae" in names:
+        print(f"photo training data: {prepare_photo_data()}")
     if args.stage in ("train", "all"):
         for name in names:
             train(name)

@@ -30,6 +30,7 @@ DESCRIPTIONS = {
     "denoise-grey": "blind grey denoiser (Gaussian noise, sigma 0-50 on 0-255), any image size",
     "denoise-rgb": "blind colour denoiser (Gaussian noise, sigma 0-50 on 0-255), any image size",
     "mnist-conv": "convolutional autoencoder for 28x28 grey digits (MNIST), 8x4x4 codes (128 values)",
+    "photo-ae": "photo encoder: any photo resized to 64x64 RGB, 16x4x4 codes (256 values) for embed/dedup",
 }
 """The shipped bundles and what each is for."""
 
@@ -88,6 +89,9 @@ HELDOUT_CROPS = {
     ],
 }
 """Crops of the held-out check of each denoiser (scikit-image photos in its wheel, never trained on)."""
+HELDOUT_PHOTOS = ("astronaut", "coffee")
+"""The held-out check of `photo-ae`: these scikit-image photos whole, resized to 64x64 as `raeflow
+embed` resizes them, reconstructed clean (bench/make_bundles.py never trains on them)."""
 HELDOUT_SIZE = 96
 HELDOUT_SIGMA = 25.0
 """Noise of the held-out check, on the 0-255 scale (unclipped, fixed seed)."""
@@ -99,6 +103,7 @@ def heldout_sample(name: str) -> tuple[np.ndarray, np.ndarray]:
 
     Denoisers: 96x96 crops of held-out photos with Gaussian noise (sigma 25, fixed seed, unclipped).
     `mnist-conv`: the first 64 digits of `builtin:mnist`'s validation split, clean in and out.
+    `photo-ae`: `HELDOUT_PHOTOS` resized to 64x64, clean in and out.
     """
     if name == "mnist-conv":
         from raeflow.data.sources import open_source
@@ -110,6 +115,12 @@ def heldout_sample(name: str) -> tuple[np.ndarray, np.ndarray]:
         return clean, clean
     from skimage import data as skdata
 
+    if name == "photo-ae":
+        from raeflow.data.images import fit_to_contract
+
+        photos = [fit_to_contract(getattr(skdata, photo)()[..., :3], 64, 64) for photo in HELDOUT_PHOTOS]
+        clean = np.stack(photos).transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # (N, 3, 64, 64)
+        return clean, clean
     channels = 3 if name == "denoise-rgb" else 1
     crops = []
     for photo, top, left in HELDOUT_CROPS[name]:

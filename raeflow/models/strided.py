@@ -83,3 +83,16 @@ def strided_cifar10() -> dict:
         "base_channels": 32,
         "latent_channels": 16,
     }
+
+
+@register_preset("strided")
+def strided_photo64() -> dict:
+    """64x64 RGB photos, depth 4, 24-48-96-192 channels, 16x4x4 code (the builtin:photo-ae architecture)."""
+    return {
+        "in_channels": 3,
+        "height": 64,
+        "width": 64,
+        "depth": 4,
+        "base_channels": 24,
+        "latent_channels": 16,
+    }
