@@ -15,7 +15,9 @@
    The `--outlier-neighbors` most outlying images are searched again, alone, for the keys and
    similarities of those nearest (outliers.parquet's `neighbors`, `neighbor_similarity`).
 
-Memory holds the vectors, the keys and a few numbers per image; never an n x n matrix.
+Memory holds the vectors, the keys and a few numbers per image; never an n x n matrix. With
+`--backend ray` (`remote.py`) the vectors and keys are held by Ray actors instead, which run the same
+`Loader`, `search_range` and `write_lists`; this process keeps the few numbers per image.
 """
 
 from __future__ import annotations
