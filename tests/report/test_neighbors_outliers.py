@@ -149,3 +149,41 @@ def test_neighbors_mistakes_are_one_line_errors(curated: Path, tmp_path: Path) -
         assert result.output.startswith("error: --neighbors ") and says in result.output
         assert result.output.count("\n") == 1 and "Traceback" not in result.output
     assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_the_page_shows_each_top_outlier_beside_its_nearest_images(curated: Path, report) -> None:
+    out, _ = report
+    listed = {r["key"]: r for r in pq.read_table(curated / "dd" / "outliers.parquet").to_pylist()}
+    top = json.loads((out / "summary.json").read_text())["outliers"]["top"]
+    html = (out / "report.html").read_text()
+    rows = html.split('id="outlier-neighbours"', 1)[1].split('class="thumbs neighbours"')[1:]
+    assert len(rows) == len(top) == 5
+    for row, shown in zip(top, rows, strict=True):
+        near = listed[row["key"]]
+        assert [n["key"] for n in row["neighbors"]] == near["neighbors"][:5]  # nearest first
+        assert [n["similarity"] for n in row["neighbors"]] == pytest.approx(near["neighbor_similarity"][:5])
+        assert all(n["source"] == listed[n["key"]]["source"] for n in row["neighbors"])
+        figures = shown.split("<figure")[1:]
+        assert len(figures) == 6 and f"#{row['outlier_rank']} {row['key']}" in figures[0]
+        for figure, n in zip(figures[1:], row["neighbors"], strict=True):
+            assert f"{n['key']}<br>similarity {n['similarity']:.3f}" in figure
+        # Every image was read back from its PNG file in data/.
+        assert all('src="data:image/jpeg;base64,' in figure for figure in figures)
+
+
+def test_an_outliers_table_from_an_older_dedup_still_gives_a_report(curated: Path, tmp_path: Path) -> None:
+    older = pq.read_table(curated / "dd" / "outliers.parquet").drop_columns(
+        ["neighbors", "neighbor_similarity"]
+    )
+    (tmp_path / "old-dd").mkdir()
+    pq.write_table(older, tmp_path / "old-dd" / "outliers.parquet")
+    out = tmp_path / "report"
+    args = ["report", "--data", str(curated / "data"), "--model", MODEL, "--out", str(out), "-q"]
+    result = _run([*args, "--neighbors", str(tmp_path / "old-dd"), "--top-outliers", "3"])
+    assert result.exit_code == 0, result.output
+    section = json.loads((out / "summary.json").read_text())["outliers"]
+    assert sorted(row["key"] for row in section["top"]) == NOISE
+    assert all(row["neighbors"] is None for row in section["top"])
+    html = (out / "report.html").read_text()
+    assert 'id="fig-outliers"' in html and 'id="outlier-neighbours"' not in html
+    assert html.count('id="neighbours-note"') == 1 and "written by an older `raeflow dedup`" in html
