@@ -431,7 +431,11 @@ class DedupResult:
             f"(cosine >= {self.settings.threshold:g}), {self.num_removed:,} images removed, "
             f"{self.num_images - self.num_removed:,} kept",
             f"search: {search}, {self.settings.neighbors} neighbours per image"
-            + (f", on Ray ({self.ray_actors} actors)" if self.ray_actors else ""),
+            + (
+                f", on Ray ({self.ray_actors} actor{'s' if self.ray_actors > 1 else ''})"
+                if self.ray_actors
+                else ""
+            ),
         ]
         if self.top_outlier:
             key, distance = self.top_outlier
