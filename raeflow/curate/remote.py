@@ -181,22 +181,25 @@ def _search(
     builder: Any, searchers: list[Any], settings: DedupSettings, num: int
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Every image's group (`UnionFind.roots`) and outlier score, the ranges searched by every actor
-    that is up; and how many searched.
+    that is up; and how many actors searched.
 
     A search actor gets ranges once it has answered `ready` (its copy of the index is in), so one
-    that the cluster cannot place never holds up the job: the builder alone searches then.
+    that the cluster cannot place never holds up the job. A search actor that is lost (its node
+    gone, killed for memory) has its ranges searched by the others; the builder holds the keys, so
+    losing it ends the job.
     """
     size = dedup.search_step(settings) * RANGE_STEPS
     todo = deque((first, min(size, num - first)) for first in range(0, num, size))
     sets, scores = dedup.UnionFind(num), np.zeros(num, dtype=np.float32)
     waiting = {actor.ready.remote(): actor for actor in searchers}
     working: list[Any] = [builder]
-    running: dict[Any, Any] = {}
+    running: dict[Any, tuple[Any, int, int]] = {}  # search call -> (actor, first id, count)
+    searched: set[int] = set()
 
     def feed(actor: Any) -> None:
-        while todo and sum(1 for a in running.values() if a is actor) < IN_FLIGHT:
+        while todo and sum(1 for busy, *_ in running.values() if busy is actor) < IN_FLIGHT:
             first, count = todo.popleft()
-            running[actor.search.remote(first, count)] = actor
+            running[actor.search.remote(first, count)] = (actor, first, count)
 
     with Progress("dedup", total=num, unit="images") as progress:
         feed(builder)
@@ -205,18 +208,31 @@ def _search(
             ref = done[0]
             if ref in waiting:
                 actor = waiting.pop(ref)
-                get(ref)
+                try:
+                    get(ref)
+                except ray.exceptions.RayActorError:
+                    continue  # lost before it was up: the others search without it
                 working.append(actor)
                 feed(actor)
                 continue
-            actor = running.pop(ref)
-            first, pairs, part = get(ref)
-            for a, b in pairs:
-                sets.union(int(a), int(b))
-            scores[first : first + len(part)] = part
+            actor, first, count = running.pop(ref)
+            try:
+                start, pairs, part = get(ref)
+            except ray.exceptions.RayActorError:
+                if actor is builder:
+                    raise
+                todo.appendleft((first, count))  # searched again by an actor still up
+                working = [other for other in working if other is not actor]
+                for other in working:
+                    feed(other)
+                continue
+            for a, b in pairs.tolist():
+                sets.union(a, b)
+            scores[start : start + len(part)] = part
+            searched.add(id(actor))
             progress.advance(len(part))
             feed(actor)
-    return sets.roots(), scores, len(working)
+    return sets.roots(), scores, len(searched)
 
 
 # --- index ------------------------------------------------------------------------------------------

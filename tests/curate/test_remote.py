@@ -5,7 +5,9 @@ path never importing Ray."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +232,59 @@ def test_an_address_joins_that_ray(ray_session: None, dedup_table: Path, tmp_pat
     assert done.pid in {job["DriverPid"] for job in jobs()}
     assert "309 images, 3 groups of near-duplicates" in stdout
     assert (tmp_path / "out" / "keep.parquet").exists()
+
+
+@pytest.mark.parametrize("command", ["dedup", "index"])
+def test_an_address_where_no_ray_answers_is_one_line_before_any_work(
+    dedup_table: Path, tmp_path: Path, command: str
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again when the block ends: nothing listens there
+    args = [
+        command,
+        "--data",
+        str(dedup_table),
+        "--out",
+        str(tmp_path / "out"),
+        "--address",
+        f"127.0.0.1:{port}",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and f"cannot reach a Ray cluster at 127.0.0.1:{port}" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_search_actor_lost_mid_search_leaves_its_ranges_to_the_builder(
+    ray_session: None, dedup_table: Path, tmp_path: Path
+) -> None:
+    import ray
+
+    from raeflow.curate import remote
+    from raeflow.curate.table import open_table
+
+    class Dying(remote.DedupSearcher):
+        def search(self, first: int, count: int) -> tuple[int, np.ndarray, np.ndarray]:
+            os._exit(1)  # the process dies as a node lost or an out-of-memory kill would end it
+
+    run("dedup", "--data", str(dedup_table), "--out", str(tmp_path / "local"), "--backend", "local")
+    settings = DedupSettings(
+        data=str(dedup_table), out=str(tmp_path / "ray"), batch_size=4, html_thumbnails=0
+    )
+    builder = ray.remote(remote.DedupBuilder).options(num_cpus=1).remote(open_table(settings.data), settings)
+    try:
+        while (num := ray.get(builder.load.remote())[1]) is None:
+            pass
+        layout = ray.get(builder.layout.remote())
+        dying = ray.remote(Dying).options(num_cpus=0, max_restarts=0)
+        lost = dying.remote(builder.serialised.remote(), layout, settings, 1)
+        ray.get(lost.ready.remote())  # up, so it is handed ranges, and dies on the first
+        roots, scores, searched = remote._search(builder, [lost], settings, num)
+        assert searched == 1  # the builder alone
+        with pytest.raises(ray.exceptions.RayActorError):
+            ray.get(lost.ready.remote())  # it was handed a range, and died on it
+        ray.get(builder.write_lists.remote(roots, scores, settings.out))
+    finally:
+        ray.kill(builder)
+    for name in LISTS:
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
